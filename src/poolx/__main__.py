@@ -1,0 +1,3 @@
+from poolx.cli import main
+
+main()

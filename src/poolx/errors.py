@@ -1,0 +1,40 @@
+"""Typed errors. Every failure a user can cause is a `PoolxError` with a one-line message that names the problem
+and a fix; the CLI prints it to stderr and exits with `exit_code` (no traceback)."""
+
+from __future__ import annotations
+
+
+class PoolxError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class UsageError(PoolxError, ValueError):
+    """Bad arguments: an unknown pooler, a layer index out of range, an option a pooler does not take."""
+
+
+class UnknownPoolerError(UsageError):
+    """A pooler name that is not in the registry."""
+
+
+class ModelLoadError(PoolxError):
+    """A model source that is missing, is not a model, or cannot be loaded offline."""
+
+
+class ExportError(PoolxError):
+    """The export could not be written (the output exists, tracing failed, the graph is invalid)."""
+
+
+class BrokenExportError(PoolxError):
+    """An export directory that is incomplete, edited or corrupted: its files do not match its manifest."""
+
+
+class ParityError(PoolxError):
+    """The ONNX graph does not compute what eager PyTorch computes (or does not have the declared interface)."""
+
+    exit_code = 1
+
+
+class ProviderUnavailableError(PoolxError):
+    """An execution provider was asked for that cannot run here; poolx never falls back silently."""

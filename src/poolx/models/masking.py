@@ -1,0 +1,27 @@
+"""Pure tensor helpers for masked pooling. Masks are applied out of place; nothing here writes into its inputs."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _mask_like(attention_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return attention_mask.unsqueeze(-1).to(x.dtype)
+
+
+def masked_mean(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """sum(x·m) / clamp(sum(m), 1e-9) over the sequence axis: (B, S, D) -> (B, D). An all-pad row gives zeros."""
+    m = _mask_like(attention_mask, x)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def masked_max(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Max over real tokens only: (B, S, D) -> (B, D). Padded positions are filled with the dtype's lowest finite
+    value (not -inf, which turns into NaN in later arithmetic), out of place."""
+    pad = (attention_mask == 0).unsqueeze(-1)
+    return x.masked_fill(pad, torch.finfo(x.dtype).min).amax(dim=1)
+
+
+def first_token(x: torch.Tensor) -> torch.Tensor:
+    """(B, S, D) -> (B, D): the first position ([CLS] / <s>; poolx tokenizes with right padding)."""
+    return x[:, 0]

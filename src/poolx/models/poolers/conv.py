@@ -1,0 +1,66 @@
+"""conv1d: two 1-D convolutions over the last layer's tokens, then a max over positions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poolx.models.base import BackboneFeatures, Pooler
+from poolx.models.poolers._checks import positive_int
+from poolx.models.registry import register_pooler
+
+
+def _conv_mask(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Which output positions of a 'full' convolution (padding = kernel_size - 1) see at least one real input.
+    (B, S) float -> (B, S + kernel_size - 1)."""
+    padded = F.pad(mask, (kernel_size - 1, kernel_size - 1))
+    return F.max_pool1d(padded.unsqueeze(1), kernel_size, stride=1).squeeze(1)
+
+
+@register_pooler("conv1d")
+class Conv1dPooler(Pooler):
+    """Conv1d(D→channels, k, pad=k-1) → ReLU → Conv1d(channels→out_channels, k, pad=k-1) → max over positions.
+    The notebook's defaults: channels 256, out_channels 1, kernel_size 2; the output width is out_channels.
+
+    Fix: the notebook convolves the padded sequence as is, so padding changes the result (a padded position holds
+    the pad token's hidden state, and ReLU(bias) of an all-padding window is not zero). poolx zeroes the padded
+    inputs, zeroes the first convolution's outputs that see no real token, and takes the max only over output
+    positions that see a real token: a text padded to any length gives exactly what the notebook gives on that
+    text unpadded."""
+
+    options = {
+        "channels": "channels of the first convolution (default 256)",
+        "out_channels": "channels of the second convolution = output width (default 1)",
+        "kernel_size": "kernel size of both convolutions, padding kernel_size-1 (default 2)",
+    }
+
+    def __init__(
+        self, width: int, num_layers: int, channels: int = 256, out_channels: int = 1, kernel_size: int = 2
+    ) -> None:
+        super().__init__(width, num_layers)
+        self.channels = positive_int("channels", channels)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.kernel_size = positive_int("kernel_size", kernel_size)
+        pad = self.kernel_size - 1
+        self.cnn1 = nn.Conv1d(width, self.channels, kernel_size=self.kernel_size, padding=pad)
+        self.cnn2 = nn.Conv1d(self.channels, self.out_channels, kernel_size=self.kernel_size, padding=pad)
+
+    @property
+    def output_dim(self) -> int:
+        return self.out_channels
+
+    def config(self) -> dict[str, Any]:
+        return {"channels": self.channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size}
+
+    def forward(self, features: BackboneFeatures) -> torch.Tensor:
+        h = features.last_hidden_state
+        m0 = features.attention_mask.to(h.dtype)  # (B, S)
+        x = (h * m0.unsqueeze(-1)).transpose(1, 2)  # (B, D, S)
+        m1 = _conv_mask(m0, self.kernel_size)  # (B, S + k - 1)
+        y = F.relu(self.cnn1(x)) * m1.unsqueeze(1)
+        m2 = _conv_mask(m1, self.kernel_size)  # (B, S + 2k - 2)
+        y = self.cnn2(y).masked_fill((m2 == 0).unsqueeze(1), torch.finfo(y.dtype).min)
+        return y.amax(dim=-1)
