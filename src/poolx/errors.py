@@ -31,9 +31,14 @@ class BrokenExportError(PoolxError):
 
 
 class ParityError(PoolxError):
-    """The ONNX graph does not compute what eager PyTorch computes (or does not have the declared interface)."""
+    """The ONNX graph does not compute what eager PyTorch computes (or does not have the declared interface).
+    `report` holds the verify report when there is one."""
 
     exit_code = 1
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class ProviderUnavailableError(PoolxError):

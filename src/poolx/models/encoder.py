@@ -96,7 +96,7 @@ class PooledEncoder(nn.Module):
                 "drop the pooler and head options"
             )
         encoder = cls.from_backbone(backbone, name, saved.get("num_labels"), None, **saved_options)
-        encoder._load_head_weights(source.path / WEIGHTS_FILE)
+        encoder.load_head_weights(source.path / WEIGHTS_FILE)
         return encoder
 
     # ---- forward ------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class PooledEncoder(nn.Module):
             k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")
         }
 
-    def _load_head_weights(self, path: Path) -> None:
+    def load_head_weights(self, path: Path) -> None:
         expected = set(self.head_state_dict())
         if not expected:
             return

