@@ -50,18 +50,22 @@ class Comparison:
             self.required_atol = float("inf")
             self.cases += 1
             return
-        got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
-        finite = np.isfinite(got64) & np.isfinite(ref64)
-        self.nonfinite += int((np.isfinite(got64) != np.isfinite(ref64)).sum())
-        diff = np.where(finite, np.abs(got64 - ref64), 0.0)
-        scale = np.abs(np.where(finite, ref64, 0.0))
+        got = np.asarray(got, dtype=np.float32)
+        ref = np.asarray(ref, dtype=np.float32)
+        got_ok, ref_ok = np.isfinite(got), np.isfinite(ref)
+        if not (got_ok.all() and ref_ok.all()):  # compare finite positions; count the others as failures
+            self.nonfinite += int((got_ok != ref_ok).sum())
+            both = got_ok & ref_ok
+            got, ref = np.where(both, got, 0.0).astype(np.float32), np.where(both, ref, 0.0).astype(np.float32)
+        diff = np.abs(got - ref)
+        scale = np.abs(ref)
         required = float((diff - self.rtol * scale).max(initial=0.0))
         if required > self.required_atol or not self.worst_case:
             self.worst_case = case
         self.required_atol = max(self.required_atol, required)
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
         self.max_rel = max(self.max_rel, float((diff / np.maximum(scale, 1e-6)).max(initial=0.0)))
-        self.min_cosine = min(self.min_cosine, _min_row_cosine(got64, ref64, batch_axis))
+        self.min_cosine = min(self.min_cosine, _min_row_cosine(got, ref, batch_axis))
         self.elements += got.size
         self.cases += 1
 
@@ -74,11 +78,14 @@ def new_comparison(name: str, tolerance: Tolerance) -> Comparison:
 
 
 def _min_row_cosine(got: np.ndarray, ref: np.ndarray, batch_axis: int) -> float:
+    """The smallest cosine between matching rows (one per text), accumulated in float64."""
     if got.size == 0:
         return 1.0
-    g = np.moveaxis(np.nan_to_num(got), batch_axis, 0).reshape(got.shape[batch_axis], -1)
-    r = np.moveaxis(np.nan_to_num(ref), batch_axis, 0).reshape(ref.shape[batch_axis], -1)
-    gn, rn = np.linalg.norm(g, axis=1), np.linalg.norm(r, axis=1)
+    rows = got.shape[batch_axis]
+    g = np.moveaxis(got, batch_axis, 0).reshape(rows, -1)
+    r = np.moveaxis(ref, batch_axis, 0).reshape(rows, -1)
+    dot = np.einsum("ij,ij->i", g, r, dtype=np.float64)
+    gn = np.sqrt(np.einsum("ij,ij->i", g, g, dtype=np.float64))
+    rn = np.sqrt(np.einsum("ij,ij->i", r, r, dtype=np.float64))
     both_zero = (gn == 0) & (rn == 0)
-    cos = (g * r).sum(1) / np.maximum(gn * rn, 1e-300)
-    return float(np.where(both_zero, 1.0, cos).min())
+    return float(np.where(both_zero, 1.0, dot / np.maximum(gn * rn, 1e-300)).min())

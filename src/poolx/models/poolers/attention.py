@@ -46,7 +46,8 @@ class AttentionPooler(Pooler):
         return {"hidden_size": self.hidden_size, "dropout": self.dropout_p}
 
     def attend(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) -> (B, hidden_size): the notebook's `attention(h)`, in the same order of operations."""
+        """(B, L, D) -> (B, hidden_size): the notebook's `attention(h)`. The notebook projects with
+        `w_hᵀ @ column`, poolx with `row @ w_h`: the same product, equal to float32 rounding (~1e-6)."""
         v = torch.softmax(torch.matmul(self.q, h.transpose(-2, -1)).squeeze(1), dim=-1)  # (B, L)
         pooled = torch.matmul(v.unsqueeze(1), h).squeeze(1)  # (B, D)
         return torch.matmul(pooled, self.w_h)

@@ -25,8 +25,9 @@ class LSTMPooler(Pooler):
 
     Fixes: the notebook builds its input with `torch.stack([HS[i][:, 0].squeeze() ...], dim=-1).view(-1, L, D)`:
     stacking on the last axis and then viewing as (B, L, D) interleaves layers and features, so each "layer step"
-    the LSTM sees is a mix of features of all layers; and `.squeeze()` drops the batch axis at batch size 1.
-    poolx stacks on a layer axis, (B, L, D). The ONNX graph holds one LSTM node."""
+    the LSTM sees is a mix of features of all layers. (Its `.squeeze()` drops the batch axis of the intermediate
+    tensor at batch size 1; the `.view` restores it, so that costs nothing but clarity.) poolx stacks on a layer
+    axis, (B, L, D), without squeezing. The ONNX graph holds one LSTM node."""
 
     reads = "hidden_states"
     needs_hidden_states = True

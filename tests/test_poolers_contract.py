@@ -1,0 +1,128 @@
+"""Every registered pooler, on every tiny architecture it applies to: output width, batch size 1, padding
+invariance, trainable registered parameters, and a save/load round trip. Parametrized over the registry, so a
+new pooler cannot skip these."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ARCHITECTURES
+from poolx.errors import UsageError
+from poolx.models import PooledEncoder, get_pooler_class, list_poolers
+
+TEXTS = ["a", "The quick brown fox jumps over the lazy dog.", "Pooling heads", "Der schnelle braune Fuchs springt."]
+
+
+def applies(pooling: str, arch: str) -> bool:
+    return not (get_pooler_class(pooling).needs_pooler_output and arch in ("distilbert", "deberta-v2"))
+
+
+CASES = [(p, a) for p in list_poolers() for a in ARCHITECTURES if applies(p, a)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm)
+
+
+def encode(encoder, tokenizer, texts, pad_to=None):
+    kw = {"padding": "max_length", "max_length": pad_to} if pad_to else {"padding": True}
+    enc = tokenizer(texts, return_tensors="pt", truncation=True, **kw)
+    with torch.no_grad():
+        return encoder(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+
+
+@pytest.mark.parametrize("pooling,arch", CASES)
+def test_width_batch1_and_padding_invariance(pooling, arch, tiny_models, tokenizer):
+    encoder = PooledEncoder.from_pretrained(str(tiny_models[arch]), pooling, num_labels=3).eval()
+    batch = encode(encoder, tokenizer, TEXTS)
+    assert batch["sentence_embedding"].shape == (len(TEXTS), encoder.pooler.output_dim)
+    assert batch["logits"].shape == (len(TEXTS), 3)
+    assert torch.isfinite(batch["sentence_embedding"]).all()
+    for i, text in enumerate(TEXTS):
+        alone = encode(encoder, tokenizer, [text])  # batch size 1, no padding at all
+        padded = encode(encoder, tokenizer, [text], pad_to=40)  # batch size 1, heavy padding
+        for out in (alone, padded):
+            torch.testing.assert_close(out["sentence_embedding"][0], batch["sentence_embedding"][i], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out["logits"][0], batch["logits"][i], rtol=1e-4, atol=1e-5)
+    # other companions in the batch change nothing
+    swapped = encode(encoder, tokenizer, [TEXTS[2], "completely different company here, and longer than the rest"])
+    torch.testing.assert_close(swapped["sentence_embedding"][0], batch["sentence_embedding"][2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", list_poolers())
+def test_parameters_are_registered_trainable_and_round_trip(pooling, tiny_models, tokenizer, tmp_path):
+    encoder = PooledEncoder.from_pretrained(str(tiny_models["bert"]), pooling, num_labels=2, seed=7)
+    encoder.train()
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    out = encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    out["logits"].sum().backward()
+    own = {n: p for n, p in encoder.named_parameters() if not n.startswith("backbone.")}
+    assert "head.weight" in own
+    for name, param in own.items():
+        if name.startswith("pooler.") or name.startswith("head."):
+            assert param.grad is not None, f"{name} gets no gradient"
+            assert param.dtype == torch.float32
+    # one optimiser step, then save and reload: identical outputs and config
+    torch.optim.SGD(encoder.parameters(), lr=0.1).step()
+    encoder.eval()
+    encoder.save_pretrained(tmp_path / "m", tokenizer)
+    reloaded = PooledEncoder.from_pretrained(str(tmp_path / "m")).eval()
+    assert reloaded.pooler.config() == encoder.pooler.config()
+    assert reloaded.pooling_config() == encoder.pooling_config()
+    a, b = encode(encoder, tokenizer, TEXTS), encode(reloaded, tokenizer, TEXTS)
+    torch.testing.assert_close(a["sentence_embedding"], b["sentence_embedding"], rtol=0, atol=0)
+    assert not list((tmp_path / "m").glob("*.bin")) and not list((tmp_path / "m").glob("*.pt")), "nothing pickled"
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "deberta-v2"])
+def test_pooler_without_pooler_head_is_refused(arch, tiny_models):
+    with pytest.raises(UsageError, match="has none.*use one of: cls, mean"):
+        PooledEncoder.from_pretrained(str(tiny_models[arch]), "pooler")
+
+
+@pytest.mark.parametrize(
+    "pooling,options,message",
+    [
+        ("layer-cls", {"layer": 5}, "layer 5 is out of range"),
+        ("layer-cls", {"layer": -6}, "layer -6 is out of range"),
+        ("concat", {"layers": [-1, 9]}, "layers entry 9 is out of range"),
+        ("concat", {"layers": []}, "non-empty"),
+        ("weighted", {"layer_start": 5}, "layer_start 5 is out of range"),
+        ("weighted", {"layer_start": -1}, "layer_start -1 is out of range"),
+        ("weighted", {"token": "max"}, "token must be"),
+        ("lstm", {"hidden_size": 0}, "hidden_size must be a positive integer"),
+        ("attention", {"dropout": 1.5}, "dropout must be a probability"),
+        ("conv1d", {"kernel_size": 0}, "kernel_size must be a positive integer"),
+        ("mean", {"layer": 1}, "does not take --layer"),
+        ("nope", {}, "unknown pooler 'nope'"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_message(pooling, options, message, tiny_models):
+    from poolx.models.loading import load_backbone, resolve_source
+
+    backbone = load_backbone(resolve_source(str(tiny_models["bert"])))  # 4 layers: hidden_states 0..4
+    with pytest.raises(UsageError, match=message):
+        PooledEncoder.from_backbone(backbone, pooling, **options)
+
+
+def test_registry_rejects_duplicates_and_accepts_classes():
+    from poolx.models import create_pooler, register_pooler
+    from poolx.models.poolers.tokens import MeanPooler
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_pooler("mean")(MeanPooler)
+    assert isinstance(create_pooler(MeanPooler, width=8, num_layers=2), MeanPooler)
+
+
+def test_output_dims():
+    from poolx.models import create_pooler
+
+    dims = {name: create_pooler(name, width=10, num_layers=6).output_dim for name in list_poolers()}
+    assert dims == {
+        "pooler": 10, "cls": 10, "mean": 10, "max": 10, "mean-max": 20, "conv1d": 1, "layer-cls": 10,
+        "concat": 40, "weighted": 10, "lstm": 256, "attention": 128,
+    }
