@@ -164,6 +164,9 @@ def _print_report(report: Any) -> None:
     for check in report.checks:
         mark = "[green]ok[/]" if check.passed else "[bold red]FAIL[/]"
         console.print(f"{mark}  {check.name}: {check.detail}")
+    if not report.shapes:
+        console.print("[bold red]failed[/]: nothing compared")
+        return
     sizes = sorted({s[0] for s in report.shapes})
     lengths = sorted({s[1] for s in report.shapes})
     console.print(

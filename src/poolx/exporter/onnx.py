@@ -21,6 +21,7 @@ from torch import nn
 from poolx.errors import ExportError, PoolxError, UsageError
 from poolx.manifest import Manifest, checksum_tree, sha256_file
 from poolx.models.encoder import RAW_OUTPUTS, PooledEncoder, has_pooler_head
+from poolx.models.registry import get_pooler_class
 from poolx.models.loading import ModelSource, default_max_length, load_tokenizer, position_limit, resolve_source
 from poolx.spec import IOSpec
 
@@ -121,6 +122,8 @@ def export(
     if external_data not in ("auto", "always", "never"):
         raise UsageError(f"external_data must be auto, always or never, got {external_data!r}")
 
+    if pooling is not None:
+        get_pooler_class(pooling)  # an unknown name fails before any model is loaded
     source = resolve_source(model)
     _check_not_source(output, source)
     tokenizer = load_tokenizer(source)

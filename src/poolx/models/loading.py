@@ -72,8 +72,9 @@ def resolve_source(model: str | os.PathLike[str] | None) -> ModelSource:
                 f"{text} is not a model directory (no config.json); pass a Hugging Face or poolx model directory"
             )
         return ModelSource(text, path.resolve())
-    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
-    snapshot = None if looks_like_path else _hub_cache_snapshot(text)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelLoadError(f"model directory {text} does not exist; pass an existing model directory or a hub id")
+    snapshot = _hub_cache_snapshot(text)
     if snapshot is None:
         raise ModelLoadError(
             f"model {text!r} is neither a local directory nor in the Hugging Face cache (poolx never downloads); "

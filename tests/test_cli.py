@@ -1,0 +1,209 @@
+"""The `poolx` command as a user meets it: exit codes, one-line errors on stderr with no traceback, nothing left
+half-written. Runs the real exporter and verifier on a tiny BERT; a few cases run the installed console script
+in a subprocess to see exactly what a user sees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from poolx.cli import app
+from poolx.manifest import MANIFEST, Manifest, checksum_tree
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, code: int, *needles: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "weighted"
+    result = run("export", tiny_models["bert"], "--pooling", "weighted", "--layer-start", "2", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert "exported" in result.stdout and "poolx verify" in result.stdout
+    assert "freshly initialised" in result.stderr  # an untrained learned pooler is pointed out
+    return out
+
+
+def fresh_copy(exported: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(exported, tmp_path / "copy"))
+
+
+def test_verify_passes_with_table_and_json(exported):
+    result = run("verify", exported)
+    assert result.exit_code == 0, result.stderr
+    assert "sentence_embedding" in result.stdout and "pass" in result.stdout and "checksums" in result.stdout
+    result = run("verify", exported, "--json")
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and result.exit_code == 0
+    (out,) = report["outputs"]
+    assert set(out) >= {"name", "max_abs", "max_rel", "min_cosine", "required_atol", "passed"}
+    assert out["required_atol"] <= out["atol"]
+
+
+def test_verify_fails_with_exit_1_when_numbers_differ(exported, tmp_path):
+    """A graph that no longer computes what eager computes (here: the stored pooler weights changed, the manifest
+    re-signed so the directory itself looks intact) fails loudly, exit 1."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = fresh_copy(exported, tmp_path)
+    state = load_file(str(d / "pooler.safetensors"))
+    state["pooler.layer_weights"] = torch.tensor([1.0, 2.0, 5.0])
+    save_file(state, str(d / "pooler.safetensors"))
+    m = Manifest.read(d)
+    m.files = checksum_tree(d)
+    m.write(d)
+    result = run("verify", d)
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout and "verify failed" in result.stderr
+    assert json.loads(run("verify", d, "--json").stdout)["passed"] is False
+
+
+def test_verify_rejects_an_edited_or_corrupted_graph(exported, tmp_path):
+    d = fresh_copy(exported, tmp_path)
+    data = bytearray((d / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "model.onnx").write_bytes(bytes(data))
+    one_line_error(run("verify", d), 2, "model.onnx does not match its sha256", "re-export")
+
+
+def test_verify_rejects_a_manifest_that_does_not_match_the_graph(exported, tmp_path):
+    d = fresh_copy(exported, tmp_path)
+    data = json.loads((d / MANIFEST).read_text())
+    data["io"]["outputs"][0]["name"] = "embedding"
+    (d / MANIFEST).write_text(json.dumps(data))
+    result = run("verify", d)
+    assert result.exit_code == 1 and "interface" in result.stdout and "FAIL" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda d: (d / MANIFEST).unlink(), "has no manifest.json"),
+        (lambda d: (d / MANIFEST).write_text("{not json"), "not a valid poolx manifest"),
+        (lambda d: (d / "tokenizer.json").unlink(), "lacks tokenizer.json"),
+        (lambda d: (d / "extra.bin").write_bytes(b"x"), "holds extra.bin"),
+    ],
+)
+def test_verify_rejects_a_broken_directory(exported, tmp_path, mutate, needle):
+    d = fresh_copy(exported, tmp_path)
+    mutate(d)
+    one_line_error(run("verify", d), 2, needle)
+
+
+def test_verify_missing_directory():
+    one_line_error(run("verify", "/no/such/export"), 2, "is not a directory")
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--pooling", "nope"], ["unknown pooler 'nope'", "poolx poolers"]),
+        (["--pooling", "layer-cls", "--layer", "7"], ["layer 7 is out of range", "0..4"]),
+        (["--pooling", "concat", "--layers", "-1,x"], ["comma-separated integers"]),
+        (["--pooling", "weighted", "--layer-start", "9"], ["layer_start 9 is out of range"]),
+        (["--pooling", "mean", "--hidden-size", "8"], ["does not take --hidden-size"]),
+        (["--pooling", "mean", "--outputs", "logits2"], ["unknown output 'logits2'"]),
+        (["--pooling", "mean", "--opset", "9"], ["opset 9 is not supported"]),
+        (["--pooling", "mean", "--max-length", "100000"], ["max_length 100000 is out of range"]),
+    ],
+)
+def test_export_bad_options(tiny_models, tmp_path, args, needles):
+    out = tmp_path / "out"
+    one_line_error(run("export", tiny_models["bert"], "-o", out, *args), 2, *needles)
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written, no temp siblings
+
+
+def test_export_pooler_on_a_model_without_pooler_head(tiny_models, tmp_path):
+    one_line_error(run("export", tiny_models["distilbert"], "-p", "pooler", "-o", tmp_path / "o"), 2, "has none", "cls, mean")
+    one_line_error(
+        run("export", tiny_models["deberta-v2"], "-p", "mean", "--outputs", "pooler_output", "-o", tmp_path / "o"),
+        2, "no pooler head",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_missing_or_non_model_directory(tmp_path):
+    one_line_error(run("export", tmp_path / "missing", "-o", tmp_path / "o"), 2, "does not exist")
+    (tmp_path / "empty").mkdir()
+    one_line_error(run("export", tmp_path / "empty", "-o", tmp_path / "o"), 2, "not a model directory", "config.json")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text('{"model_type": "bert"}')
+    one_line_error(run("export", tmp_path / "bad", "-o", tmp_path / "o"), 2, "cannot load")
+    one_line_error(run("export", "someone/not-cached-model", "-o", tmp_path / "o"), 2, "never downloads")
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_an_existing_directory_without_force(exported, tiny_models, tmp_path):
+    d = fresh_copy(exported, tmp_path)
+    before = checksum_tree(d)
+    one_line_error(run("export", tiny_models["bert"], "-p", "cls", "-o", d), 2, "already exists", "--force")
+    assert checksum_tree(d) == before
+    result = run("export", tiny_models["bert"], "-p", "cls", "-o", d, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert Manifest.read(d).pooling["name"] == "cls"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # the old copy and temp dirs are gone
+
+
+def test_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch):
+    import poolx.exporter.verify as verify_module
+    from poolx.exporter.onnx import export
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify_module, "quick_check", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export(str(tiny_models["bert"]), tmp_path / "o", pooling="mean")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_poolers_lists_every_pooler():
+    from poolx.models import list_poolers
+
+    result = run("poolers")
+    assert result.exit_code == 0
+    for name in list_poolers():
+        assert name in result.stdout
+    assert "2·D" in result.stdout and "--layer-start" in result.stdout
+
+
+def test_every_pooler_option_is_an_export_flag():
+    """Meta-test: a pooler option without a `poolx export` flag cannot be reached from the command line."""
+    import typer.main
+
+    from poolx.models import get_pooler_class, list_poolers
+
+    command = typer.main.get_command(app).commands["export"]
+    flags = {name for p in command.params for name in p.opts}
+    for pooler in list_poolers():
+        for option in get_pooler_class(pooler).options:
+            assert "--" + option.replace("_", "-") in flags, (pooler, option)
+
+
+def test_console_script_subprocess(exported, tmp_path):
+    """What a user's shell sees: the installed entry point, no traceback, exit codes."""
+    exe = [sys.executable, "-m", "poolx"]
+    ok = subprocess.run([*exe, "embed", str(exported), "hello world", "a"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("dim 32") == 2
+    bad = subprocess.run([*exe, "export", "--pooling", "nope", "-o", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("error: unknown pooler")
