@@ -207,3 +207,21 @@ def test_console_script_subprocess(exported, tmp_path):
     assert ok.stdout.count("dim 32") == 2
     bad = subprocess.run([*exe, "export", "--pooling", "nope", "-o", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("error: unknown pooler")
+
+
+def test_export_a_saved_poolx_model_directory(tiny_models, tmp_path):
+    from poolx.models import PooledEncoder
+
+    PooledEncoder.from_pretrained(str(tiny_models["bert"]), "concat", layers=[-1, 0], num_labels=2).save_pretrained(tmp_path / "m")
+    result = run("export", tmp_path / "m", "-o", tmp_path / "e")
+    assert result.exit_code == 0, result.stderr
+    assert "freshly initialised" not in result.stderr
+    m = Manifest.read(tmp_path / "e")
+    assert m.pooling["options"] == {"layers": [-1, 0]} and m.pooling["num_labels"] == 2
+    one_line_error(run("export", tmp_path / "m", "-p", "mean", "-o", tmp_path / "f"), 2, "holds a trained 'concat' pooler")
+
+
+def test_requesting_an_absent_provider_is_an_error_not_a_cpu_run(exported):
+    one_line_error(run("verify", exported, "--provider", "cuda"), 2, "CUDAExecutionProvider", "onnxruntime-gpu")
+    one_line_error(run("embed", exported, "x", "--provider", "tensorrt"), 2, "TensorrtExecutionProvider")
+    one_line_error(run("embed", exported, "x", "--provider", "gpu"), 2, "unknown provider 'gpu'")

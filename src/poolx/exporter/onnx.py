@@ -256,7 +256,7 @@ def _finalize_graph(path: Path, spec: IOSpec, external_data: str) -> bool:
                     dim.dim_value = want
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     external = external_data == "always" or (external_data == "auto" and weight_bytes > EXTERNAL_DATA_THRESHOLD)
-    for stale in path.parent.iterdir():
+    for stale in path.parent.iterdir():  # only the tracer's output is here yet: drop its external-data files
         if stale != path:
             stale.unlink()
     onnx.save_model(

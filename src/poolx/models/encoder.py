@@ -80,6 +80,7 @@ class PooledEncoder(nn.Module):
     ) -> "PooledEncoder":
         """Load a poolx model directory (with its trained pooler and head), or a Hugging Face model (local
         directory, hub id in the local cache, or None for the packaged all-MiniLM-L6-v2) plus a new pooler."""
+        options = {k: v for k, v in options.items() if v is not None}  # unset CLI flags arrive as None
         source = model if isinstance(model, ModelSource) else resolve_source(model)
         backbone = load_backbone(source)
         if not source.is_poolx:
