@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from poolx.models.base import BackboneFeatures, Pooler
-from poolx.models.poolers._checks import positive_int, probability
-from poolx.models.poolers.recurrent import stack_layer_cls
+from poolx.models.base import BackboneFeatures
+from poolx.models.poolers._sequence import LayerSequencePooler, stack_layer_cls
 from poolx.models.registry import register_pooler
 
 
 @register_pooler("attention")
-class AttentionPooler(Pooler):
+class AttentionPooler(LayerSequencePooler):
     """softmax(q·hᵀ) over the first-token vectors h of layers 1..L, their weighted sum, then a projection
     W (D→hidden_size), then dropout. q and W are initialised N(0, 0.1²) as in the notebook.
 
@@ -23,27 +20,17 @@ class AttentionPooler(Pooler):
     `state_dict()`), and they stay float64 until cast; poolx registers them as float32 Parameters. It also has the
     same stack/view scramble of layers and features as the LSTM pooler; poolx stacks on a layer axis."""
 
-    reads = "hidden_states"
-    needs_hidden_states = True
     options = {
         "hidden_size": "projection size = output width (default 128)",
         "dropout": "dropout on the output, active only in training (default 0.1)",
     }
 
-    def __init__(self, width: int, num_layers: int, hidden_size: int = 128, dropout: float = 0.1) -> None:
-        super().__init__(width, num_layers)
-        self.hidden_size = positive_int("hidden_size", hidden_size)
-        self.dropout_p = probability("dropout", dropout)
+    default_hidden_size = 128
+
+    def __init__(self, width: int, num_layers: int, hidden_size: int | None = None, dropout: float = 0.1) -> None:
+        super().__init__(width, num_layers, hidden_size, dropout)
         self.q = nn.Parameter(torch.empty(1, width).normal_(0.0, 0.1))
         self.w_h = nn.Parameter(torch.empty(width, self.hidden_size).normal_(0.0, 0.1))
-        self.dropout = nn.Dropout(self.dropout_p)
-
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
-    def config(self) -> dict[str, Any]:
-        return {"hidden_size": self.hidden_size, "dropout": self.dropout_p}
 
     def attend(self, h: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, hidden_size): the notebook's `attention(h)`. The notebook projects with
