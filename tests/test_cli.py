@@ -133,7 +133,7 @@ def test_export_bad_options(tiny_models, tmp_path, args, needles):
 
 
 def test_export_pooler_on_a_model_without_pooler_head(tiny_models, tmp_path):
-    one_line_error(run("export", tiny_models["distilbert"], "-p", "pooler", "-o", tmp_path / "o"), 2, "has none", "cls, mean")
+    one_line_error(run("export", tiny_models["distilbert"], "-p", "pooler", "-o", tmp_path / "o"), 2, "has no pooler head", "cls, mean")
     one_line_error(
         run("export", tiny_models["deberta-v2"], "-p", "mean", "--outputs", "pooler_output", "-o", tmp_path / "o"),
         2, "no pooler head",

@@ -80,7 +80,7 @@ def test_parameters_are_registered_trainable_and_round_trip(pooling, tiny_models
 
 @pytest.mark.parametrize("arch", ["distilbert", "deberta-v2"])
 def test_pooler_without_pooler_head_is_refused(arch, tiny_models):
-    with pytest.raises(UsageError, match="has none.*use one of: cls, mean"):
+    with pytest.raises(UsageError, match="has no pooler head.*use one of: cls, mean"):
         PooledEncoder.from_pretrained(str(tiny_models[arch]), "pooler")
 
 

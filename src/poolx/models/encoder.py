@@ -44,10 +44,11 @@ class PooledEncoder(nn.Module):
         super().__init__()
         if pooler.needs_pooler_output and not has_pooler_head(backbone):
             others = ", ".join(n for n in list_poolers() if not get_pooler_class(n).needs_pooler_output)
-            raise UsageError(
-                f"pooler 'pooler' needs the backbone's pooler head, and this {type(backbone).__name__} has none "
-                f"(or its weights are missing from the checkpoint); use one of: {others}"
+            why = (
+                "its pooler head's weights are missing from the checkpoint (they would be random)"
+                if getattr(backbone, "pooler", None) is not None else "has no pooler head"
             )
+            raise UsageError(f"pooler 'pooler' cannot be used: this {type(backbone).__name__} {why}; use one of: {others}")
         if num_labels is not None and (isinstance(num_labels, bool) or int(num_labels) < 1):
             raise UsageError(f"num_labels must be a positive integer, got {num_labels!r}")
         self.backbone = backbone

@@ -1,0 +1,59 @@
+"""Model sources as users give them: a hub id already in the local Hugging Face cache (offline), and checkpoints
+that lack weights poolx would otherwise fill with random numbers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from poolx.errors import ModelLoadError, UsageError
+from poolx.models import PooledEncoder
+
+
+def test_hub_id_from_the_local_cache(tiny_models, tmp_path):
+    """A cache laid out as huggingface_hub writes it (models--org--name/snapshots/<rev>, refs/main), used by the
+    real console script with HF_HUB_CACHE pointing at it and the hub offline."""
+    repo = tmp_path / "cache" / "models--someone--tiny-bert"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_models["bert"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "export"
+    done = subprocess.run(
+        [sys.executable, "-m", "poolx", "export", "someone/tiny-bert", "-p", "cls", "-o", str(out)],
+        capture_output=True, text=True, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exported someone/tiny-bert" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "poolx", "verify", str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+def test_pooler_refused_when_the_checkpoint_lacks_pooler_weights(tmp_path):
+    """AutoModel would create a randomly initialised pooler head; poolx refuses to call that `pooler`."""
+    import torch
+    from transformers import BertModel
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    BertModel(tiny_config("bert"), add_pooling_layer=False).save_pretrained(tmp_path / "m")
+    with pytest.raises(UsageError, match="weights are missing"):
+        PooledEncoder.from_pretrained(str(tmp_path / "m"), "pooler")
+    assert PooledEncoder.from_pretrained(str(tmp_path / "m"), "cls") is not None
+
+
+def test_checkpoint_missing_backbone_weights_is_refused(tiny_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_models["bert"], tmp_path / "m")
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del state[next(k for k in state if "encoder.layer.0" in k)]
+    save_file(state, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="lacks 1 backbone weights"):
+        PooledEncoder.from_pretrained(str(tmp_path / "m"), "mean")
