@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import ARCHITECTURES
+from conftest import ARCHITECTURES, TINY_OPTIONS
 from poolx.exporter.onnx import export
 from poolx.exporter.verify import EXPORT_EXAMPLE_SHAPE, verify
 from poolx.manifest import Manifest
@@ -21,7 +21,10 @@ from test_poolers_contract import CASES
 @pytest.mark.parametrize("pooling,arch", CASES)
 def test_every_pooler_exports_and_verifies(pooling, arch, tiny_models, tmp_path):
     out = tmp_path / "export"
-    result = export(str(tiny_models[arch]), out, pooling=pooling, num_labels=2 if pooling == "mean" else None)
+    result = export(
+        str(tiny_models[arch]), out, pooling=pooling, num_labels=2 if pooling == "mean" else None,
+        **TINY_OPTIONS.get(pooling, {}),
+    )
     report = verify(out)  # raises ParityError on any failure
     assert report.passed
     assert EXPORT_EXAMPLE_SHAPE not in report.shapes

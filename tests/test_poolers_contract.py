@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ARCHITECTURES
+from conftest import ARCHITECTURES, TINY_OPTIONS
 from poolx.errors import UsageError
 from poolx.models import PooledEncoder, get_pooler_class, list_poolers
 
@@ -37,7 +37,7 @@ def encode(encoder, tokenizer, texts, pad_to=None):
 
 @pytest.mark.parametrize("pooling,arch", CASES)
 def test_width_batch1_and_padding_invariance(pooling, arch, tiny_models, tokenizer):
-    encoder = PooledEncoder.from_pretrained(str(tiny_models[arch]), pooling, num_labels=3).eval()
+    encoder = PooledEncoder.from_pretrained(str(tiny_models[arch]), pooling, num_labels=3, **TINY_OPTIONS.get(pooling, {})).eval()
     batch = encode(encoder, tokenizer, TEXTS)
     assert batch["sentence_embedding"].shape == (len(TEXTS), encoder.pooler.output_dim)
     assert batch["logits"].shape == (len(TEXTS), 3)
@@ -55,7 +55,9 @@ def test_width_batch1_and_padding_invariance(pooling, arch, tiny_models, tokeniz
 
 @pytest.mark.parametrize("pooling", list_poolers())
 def test_parameters_are_registered_trainable_and_round_trip(pooling, tiny_models, tokenizer, tmp_path):
-    encoder = PooledEncoder.from_pretrained(str(tiny_models["bert"]), pooling, num_labels=2, seed=7)
+    encoder = PooledEncoder.from_pretrained(
+        str(tiny_models["bert"]), pooling, num_labels=2, seed=7, **TINY_OPTIONS.get(pooling, {})
+    )
     encoder.train()
     enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
     out = encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
@@ -124,5 +126,5 @@ def test_output_dims():
     dims = {name: create_pooler(name, width=10, num_layers=6).output_dim for name in list_poolers()}
     assert dims == {
         "pooler": 10, "cls": 10, "mean": 10, "max": 10, "mean-max": 20, "conv1d": 1, "layer-cls": 10,
-        "concat": 40, "weighted": 10, "lstm": 256, "attention": 128,
+        "concat": 40, "weighted": 10, "lstm": 256, "attention": 128, "wk": 10,
     }

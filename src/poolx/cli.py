@@ -76,13 +76,15 @@ def export(
         "model directory.", show_default=False)] = None,
     layer: Annotated[Optional[int], typer.Option(help="layer-cls: hidden_states index, negative from the top (default -2).", rich_help_panel=POOLER_OPTIONS)] = None,
     layers: Annotated[Optional[str], typer.Option(help="concat: comma-separated hidden_states indices (default -1,-2,-3,-4).", rich_help_panel=POOLER_OPTIONS)] = None,
-    layer_start: Annotated[Optional[int], typer.Option(help="weighted: first hidden_states index averaged (default 4).", rich_help_panel=POOLER_OPTIONS)] = None,
+    layer_start: Annotated[Optional[int], typer.Option(help="weighted, wk: first hidden_states index used (default 4).", rich_help_panel=POOLER_OPTIONS)] = None,
     token: Annotated[Optional[str], typer.Option(help="weighted: 'cls' (first token, default) or 'mean' (masked mean).", rich_help_panel=POOLER_OPTIONS)] = None,
     hidden_size: Annotated[Optional[int], typer.Option(help="lstm: LSTM size (default 256); attention: projection size (default 128).", rich_help_panel=POOLER_OPTIONS)] = None,
     dropout: Annotated[Optional[float], typer.Option(help="lstm, attention: dropout in training (default 0.1).", rich_help_panel=POOLER_OPTIONS)] = None,
     channels: Annotated[Optional[int], typer.Option(help="conv1d: channels of the first convolution (default 256).", rich_help_panel=POOLER_OPTIONS)] = None,
     out_channels: Annotated[Optional[int], typer.Option(help="conv1d: output channels = output width (default 1).", rich_help_panel=POOLER_OPTIONS)] = None,
     kernel_size: Annotated[Optional[int], typer.Option(help="conv1d: kernel size (default 2).", rich_help_panel=POOLER_OPTIONS)] = None,
+    window: Annotated[Optional[int], typer.Option(help="wk: context window, layers on each side (default 2).", rich_help_panel=POOLER_OPTIONS)] = None,
+    compute: Annotated[Optional[str], typer.Option(help="wk: dtype of the Gram part, float64 (default) or float32.", rich_help_panel=POOLER_OPTIONS)] = None,
     num_labels: Annotated[Optional[int], typer.Option(help="Add a Linear(width, N) head; the graph then also outputs `logits`.")] = None,
     outputs: Annotated[Optional[str], typer.Option(
         help="Also output the backbone's raw tensors, comma-separated: last_hidden_state, pooler_output, "
@@ -107,7 +109,7 @@ def export(
             opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
             layer=layer, layers=_int_list(layers, "--layers"), layer_start=layer_start, token=token,
             hidden_size=hidden_size, dropout=dropout, channels=channels, out_channels=out_channels,
-            kernel_size=kernel_size,
+            kernel_size=kernel_size, window=window, compute=compute,
         )
         m = result.manifest
         outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)
