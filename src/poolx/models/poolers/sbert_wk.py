@@ -113,12 +113,16 @@ class SBertWKPooler(Pooler):
         dtype = COMPUTE_DTYPES[self.compute]
         xc = x.to(dtype)
         gram = torch.matmul(xc, xc.transpose(-1, -2))  # (B, S, K, K)
-        sq = (xc * xc).sum(-1)  # (B, S, K) ‖x_k‖², the Gram's diagonal
+        eye = self.own.squeeze(-1).to(gram.dtype)
+        sq = (gram * eye).sum(-1)  # (B, S, K) ‖x_k‖², the Gram's diagonal
+        consecutive = (gram[..., 1:, :-1] * eye[1:, 1:]).sum(-1)  # (B, S, K-1) ⟨x_{k+1}, x_k⟩
         alpha = self._layer_weights(gram, sq)  # (B, S, K)
-        tokens = torch.matmul(alpha.unsqueeze(-2), xc).squeeze(-2)  # (B, S, D), unified token vectors
-        consecutive = (xc[..., 1:, :] * xc[..., :-1, :]).sum(-1)  # (B, S, K-1) ⟨x_{k+1}, x_k⟩
         beta = self._token_weights(consecutive, sq, features.attention_mask)  # (B, S)
-        return torch.matmul(beta.unsqueeze(-2), tokens).squeeze(-2).to(x.dtype)
+        # the weighted sums in the hidden states' own dtype (at least float32), as the notebook's torch.mv
+        out_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        x = x.to(out_dtype)
+        tokens = torch.matmul(alpha.to(out_dtype).unsqueeze(-2), x).squeeze(-2)  # (B, S, D), unified token vectors
+        return torch.matmul(beta.to(out_dtype).unsqueeze(-2), tokens).squeeze(-2).to(features.hidden_states[-1].dtype)
 
     def _layer_weights(self, gram: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
         """α (B, S, K): the notebook's unify_token weights from the Gram matrix of each token's layers."""
