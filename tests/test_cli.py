@@ -109,8 +109,9 @@ def test_verify_rejects_a_broken_directory(exported, tmp_path, mutate, needle):
     one_line_error(run("verify", d), 2, needle)
 
 
-def test_verify_missing_directory():
+def test_verify_missing_directory_and_bad_tolerances(exported):
     one_line_error(run("verify", "/no/such/export"), 2, "is not a directory")
+    one_line_error(run("verify", exported, "--atol", "-1"), 2, "atol must be a finite number >= 0")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,14 @@ class Tolerance:
     rtol: float = 1e-3
     min_cosine: float | None = None
 
+    def __post_init__(self) -> None:
+        from poolx.errors import UsageError
+
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+
 
 @dataclass
 class Comparison:
