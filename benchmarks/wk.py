@@ -8,6 +8,7 @@ against the mean-pooled graph of the same backbone. All in one run, same inputs,
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="poolx-wk-bench-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     export(None, work / "wk", pooling="wk", layer_start=args.layer_start, window=args.window, max_length=args.length)
     export(None, work / "mean", pooling="mean", max_length=args.length)
     manifest = Manifest.read(work / "wk")

@@ -84,6 +84,9 @@ class Manifest:
 
     def check_files(self, directory: Path) -> None:
         """Every listed file exists and matches its checksum, and no file was added. Raises BrokenExportError."""
+        outside = [n for n in self.files if Path(n).is_absolute() or ".." in Path(n).parts]
+        if outside:
+            raise BrokenExportError(f"{MANIFEST} lists {outside[0]}, outside {directory}; re-export")
         actual = {
             p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST
         }
