@@ -226,3 +226,125 @@ def test_requesting_an_absent_provider_is_an_error_not_a_cpu_run(exported):
     one_line_error(run("verify", exported, "--provider", "cuda"), 2, "CUDAExecutionProvider", "onnxruntime-gpu")
     one_line_error(run("embed", exported, "x", "--provider", "tensorrt"), 2, "TensorrtExecutionProvider")
     one_line_error(run("embed", exported, "x", "--provider", "gpu"), 2, "unknown provider 'gpu'")
+
+
+# ---- found in review: what a careless or unlucky user can do to an export or its directory ------------------
+def _resign(d: Path, mutate) -> None:
+    data = json.loads((d / MANIFEST).read_text())
+    mutate(data)
+    (d / MANIFEST).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda m: m.update(files=None), "not a valid poolx manifest"),
+        (lambda m: m.update(files=list(m["files"])), "not a valid poolx manifest"),
+        (lambda m: m["tokenizer"].pop("pad_token_id"), "not a valid poolx manifest"),
+        (lambda m: m["graph"].update(file="/tmp/elsewhere/model.onnx"), "not listed in 'files'"),
+        (lambda m: m["files"].update({"../x": "0" * 64}), "outside"),
+    ],
+)
+def test_verify_rejects_malformed_manifests(exported, tmp_path, mutate, needle):
+    d = fresh_copy(exported, tmp_path)
+    _resign(d, mutate)
+    one_line_error(run("verify", d), 2, needle)
+
+
+def test_non_finite_outputs_fail_even_when_both_sides_agree(tiny_models, tmp_path):
+    """A trained weighted pooler whose weights sum to zero divides by zero: eager and graph agree on inf, and the
+    export is still refused (exit 1, nothing written)."""
+    import torch
+
+    from poolx.models import PooledEncoder
+
+    model = PooledEncoder.from_pretrained(str(tiny_models["bert"]), "weighted", layer_start=2)
+    with torch.no_grad():
+        model.pooler.layer_weights.copy_(torch.tensor([1.0, -1.0, 0.0]))
+    model.save_pretrained(tmp_path / "m")
+    result = run("export", tmp_path / "m", "-o", tmp_path / "e")
+    assert result.exit_code == 1 and "NaN or inf" in result.stderr, result.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_left_padding_tokenizer_is_exported_right_padded(tiny_models, tmp_path):
+    src = Path(shutil.copytree(tiny_models["bert"], tmp_path / "m"))
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config["padding_side"] = "left"
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    assert run("export", src, "-p", "cls", "-o", tmp_path / "e").exit_code == 0
+    assert json.loads((tmp_path / "e" / "tokenizer_config.json").read_text())["padding_side"] == "right"
+    assert run("verify", tmp_path / "e").exit_code == 0
+
+
+def test_force_replaces_only_an_export(tiny_models, tmp_path):
+    (tmp_path / "userdata").mkdir()
+    (tmp_path / "userdata" / "thesis.tex").write_text("important")
+    one_line_error(run("export", tiny_models["bert"], "-p", "cls", "-o", tmp_path / "userdata", "--force"), 2, "not a poolx export")
+    assert (tmp_path / "userdata" / "thesis.tex").read_text() == "important"
+    (tmp_path / "empty").mkdir()
+    assert run("export", tiny_models["bert"], "-p", "cls", "-o", tmp_path / "empty", "--force").exit_code == 0
+
+
+def test_interrupted_swap_keeps_the_previous_export(exported, tiny_models, tmp_path, monkeypatch):
+    import os
+
+    from poolx.exporter import onnx as onnx_module
+
+    d = fresh_copy(exported, tmp_path)
+    before = checksum_tree(d)
+    calls = []
+    real_replace = os.replace
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # after the old export was moved aside, before the new one is in place
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(onnx_module.os, "replace", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_module.export(str(tiny_models["bert"]), d, pooling="cls", force=True)
+    monkeypatch.undo()
+    assert checksum_tree(d) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_unwritable_or_odd_output_paths(tiny_models, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    one_line_error(run("export", tiny_models["bert"], "-o", tmp_path / "afile" / "out"), 2, "is a file")
+    one_line_error(run("export", tiny_models["bert"], "-o", tmp_path / "afile" / "sub" / "out"), 2, "is a file")
+    monkeypatch.chdir(tmp_path)
+    one_line_error(run("export", tiny_models["bert"], "-o", ".", "--force"), 2, "current directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_failed_export_removes_the_parents_it_made(tiny_models, tmp_path, monkeypatch):
+    import poolx.exporter.verify as verify_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify_module, "quick_check", interrupt)
+    from poolx.exporter.onnx import export
+
+    with pytest.raises(KeyboardInterrupt):
+        export(str(tiny_models["bert"]), tmp_path / "new" / "deep" / "out", pooling="mean")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_directory_permissions_follow_the_umask(exported):
+    assert exported.stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_error_messages_keep_their_brackets(exported):
+    result = run("verify", exported, "--provider", "cuda")
+    assert "poolx[gpu]" in result.stderr

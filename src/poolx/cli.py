@@ -37,7 +37,9 @@ def _run(command: Callable[[], None]) -> None:
     try:
         command()
     except PoolxError as e:
-        _stderr().print(f"[bold red]error:[/] {e}", markup=True)
+        from rich.markup import escape
+
+        _stderr().print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted; nothing was left half-written")
@@ -47,7 +49,7 @@ def _run(command: Callable[[], None]) -> None:
     except Exception as e:  # a bug in poolx or a library: say so in one line unless asked for the traceback
         if os.environ.get("POOLX_DEBUG"):
             raise
-        _stderr().print(f"internal error: {type(e).__name__}: {e} (set POOLX_DEBUG=1 for the traceback)")
+        _stderr().print(f"internal error: {type(e).__name__}: {e} (set POOLX_DEBUG=1 for the traceback)", markup=False)
         raise typer.Exit(3) from None
 
 
@@ -121,7 +123,7 @@ def export(
         if result.untrained:
             _stderr().print(
                 f"note: the {m.pooling['name']} pooler/head has learned parameters, freshly initialised (seed {seed}); "
-                "train them (PooledEncoder) and export the saved model directory for meaningful outputs"
+                "train them (PooledEncoder) and export the saved model directory for meaningful outputs", markup=False,
             )
 
     _run(body)
@@ -152,7 +154,7 @@ def verify(
         else:
             _print_report(report)
         if not report.passed:
-            _stderr().print(f"[bold red]verify failed:[/] {report.summary()}", markup=True)
+            _stderr().print(f"verify failed: {report.summary()}", markup=False)
             raise typer.Exit(1)
 
     _run(body)

@@ -29,7 +29,7 @@ def checksum_tree(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): sha256_file(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p != root / MANIFEST
     }
 
 
@@ -75,12 +75,27 @@ class Manifest:
                 raise BrokenExportError(f"{path} was written by a newer poolx; upgrade poolx to read it")
             data["io"] = IOSpec.from_json(data["io"])
             manifest = cls(**data)
-            manifest.graph_file, manifest.max_length  # noqa: B018 - required keys
+            manifest._validate()
         except BrokenExportError:
             raise
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise BrokenExportError(f"{path} is not a valid poolx manifest ({type(e).__name__}: {e}); re-export") from None
         return manifest
+
+    def _validate(self) -> None:
+        """Types and cross-references: every file the export reads is listed (and so checksummed)."""
+        if not isinstance(self.files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in self.files.items()
+        ):
+            raise ValueError("'files' must map file names to sha256 digests")
+        for section in (self.source, self.pooling, self.graph, self.tokenizer, self.versions):
+            if not isinstance(section, dict):
+                raise TypeError("source, pooling, graph, tokenizer and versions must be objects")
+        int(self.tokenizer["max_length"]), int(self.tokenizer["pad_token_id"])  # required
+        str(self.pooling["name"]), str(self.source["name"])
+        for ref in (self.graph["file"], self.graph.get("external_data"), self.pooling.get("weights")):
+            if ref is not None and ref not in self.files:
+                raise ValueError(f"{ref!r} is used by the export but not listed in 'files'")
 
     def check_files(self, directory: Path) -> None:
         """Every listed file exists and matches its checksum, and no file was added. Raises BrokenExportError."""
@@ -88,7 +103,7 @@ class Manifest:
         if outside:
             raise BrokenExportError(f"{MANIFEST} lists {outside[0]}, outside {directory}; re-export")
         actual = {
-            p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST
+            p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p != directory / MANIFEST
         }
         missing = sorted(set(self.files) - actual)
         if missing:

@@ -10,8 +10,8 @@ import numpy as np
 
 @dataclass
 class Tolerance:
-    """Passes when |got - ref| <= atol + rtol·|ref| everywhere (numpy.allclose), no NaN/inf appears that the
-    reference lacks, and, when min_cosine is set, the row-wise cosine is at least min_cosine. fp32 graphs are held
+    """Passes when |got - ref| <= atol + rtol·|ref| everywhere (numpy.allclose), neither side holds a NaN or inf
+    (an embedding with one is broken even when both sides agree), and, when min_cosine is set, the row-wise cosine is at least min_cosine. fp32 graphs are held
     to the elementwise bound alone (a cosine of a 1-wide output near zero is a sign, not a similarity)."""
 
     atol: float = 1e-4
@@ -36,7 +36,8 @@ class Comparison:
     max_rel: float = 0.0  # max |got-ref| / max(|ref|, 1e-6), elementwise
     min_cosine: float = 1.0  # row-wise (one row per text), over all other axes
     required_atol: float = 0.0  # the smallest atol that passes at this rtol
-    nonfinite: int = 0  # elements non-finite in got but finite in ref, or the reverse
+    nonfinite: int = 0  # elements that are NaN or inf in the graph's output or in eager PyTorch's
+    shape_mismatch: bool = False
     elements: int = 0
     cases: int = 0
     atol: float = 0.0
@@ -47,35 +48,33 @@ class Comparison:
     @property
     def passed(self) -> bool:
         return (
-            self.cases > 0 and self.nonfinite == 0 and self.required_atol <= self.atol
+            self.cases > 0 and not self.shape_mismatch and self.nonfinite == 0 and self.required_atol <= self.atol
             and (self.cosine_bound is None or self.min_cosine >= self.cosine_bound)
         )
 
     def add(self, got: np.ndarray, ref: np.ndarray, case: str, batch_axis: int = 0) -> None:
+        self.cases += 1
         if got.shape != ref.shape:
-            self.nonfinite += max(got.size, ref.size)
+            self.shape_mismatch = True
             self.worst_case = f"{case}: shape {got.shape} != {ref.shape}"
-            self.required_atol = float("inf")
-            self.cases += 1
             return
         got = np.asarray(got, dtype=np.float32)
         ref = np.asarray(ref, dtype=np.float32)
-        got_ok, ref_ok = np.isfinite(got), np.isfinite(ref)
-        if not (got_ok.all() and ref_ok.all()):  # compare finite positions; count the others as failures
-            self.nonfinite += int((got_ok != ref_ok).sum())
-            both = got_ok & ref_ok
-            got, ref = np.where(both, got, 0.0).astype(np.float32), np.where(both, ref, 0.0).astype(np.float32)
+        finite = np.isfinite(got) & np.isfinite(ref)
+        if not finite.all():  # a failure in itself; compare the finite positions for the figures
+            self.nonfinite += int((~finite).sum())
+            self.worst_case = f"{case}: NaN or inf"
+            got, ref = np.where(finite, got, 0.0).astype(np.float32), np.where(finite, ref, 0.0).astype(np.float32)
         diff = np.abs(got - ref)
         scale = np.abs(ref)
         required = float((diff - self.rtol * scale).max(initial=0.0))
-        if required > self.required_atol or not self.worst_case:
+        if (required > self.required_atol or not self.worst_case) and not (self.nonfinite or self.shape_mismatch):
             self.worst_case = case
         self.required_atol = max(self.required_atol, required)
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
         self.max_rel = max(self.max_rel, float((diff / np.maximum(scale, 1e-6)).max(initial=0.0)))
         self.min_cosine = min(self.min_cosine, _min_row_cosine(got, ref, batch_axis))
         self.elements += got.size
-        self.cases += 1
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from poolx.errors import ExportError, PoolxError, UsageError
-from poolx.manifest import Manifest, checksum_tree, sha256_file
+from poolx.manifest import MANIFEST, Manifest, checksum_tree, sha256_file
 from poolx.models.encoder import RAW_OUTPUTS, PooledEncoder, has_pooler_head
 from poolx.models.registry import get_pooler_class
 from poolx.models.loading import ModelSource, default_max_length, load_tokenizer, position_limit, resolve_source
@@ -115,8 +115,7 @@ def export(
     """Export `model` (None: the packaged all-MiniLM-L6-v2; a Hugging Face or poolx directory; a cached hub id)
     with a pooler into the directory `output`. Raises a PoolxError subclass on any failure, leaving no output."""
     start = time.perf_counter()
-    output = Path(output).expanduser()
-    _check_output(output, force)
+    output = _check_output(Path(output), force)
     if opset not in OPSETS:
         raise UsageError(f"opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     if external_data not in ("auto", "always", "never"):
@@ -135,10 +134,10 @@ def export(
     elif not 2 <= max_length <= limit:
         raise UsageError(f"max_length {max_length} is out of range for this model; use 2..{limit}")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with _staging(output, force) as tmp:
+    with _staging(output) as tmp:
         _trace(encoder, spec, tokenizer, tmp / GRAPH_FILE, opset)
         external = _finalize_graph(tmp / GRAPH_FILE, spec, external_data)
+        tokenizer.padding_side = "right"  # what the graph's poolers assume, and what the runtime does
         tokenizer.save_pretrained(tmp)
         head_state = encoder.head_state_dict()
         if head_state:
@@ -173,12 +172,30 @@ def export(
     return ExportResult(output, manifest, time.perf_counter() - start, untrained)
 
 
-def _check_output(output: Path, force: bool) -> None:
+def _check_output(output: Path, force: bool) -> Path:
+    """Refuse, before any model is loaded, an output that cannot or must not be written. Returns it absolute."""
+    output = Path(os.path.abspath(output.expanduser()))
+    cwd = Path.cwd().resolve()
+    if output.resolve() == cwd or output.resolve() in cwd.parents:
+        raise ExportError(f"--output {output} is the current directory or one of its parents; name a new directory")
     if output.exists() or output.is_symlink():
         if not output.is_dir():
             raise ExportError(f"{output} exists and is not a directory; choose another --output")
         if not force:
             raise ExportError(f"{output} already exists; pass --force to replace it, or choose another --output")
+        if any(output.iterdir()) and not (output / MANIFEST).is_file():
+            raise ExportError(
+                f"{output} is not a poolx export (no {MANIFEST}) and not empty; --force replaces only an export, "
+                "choose another --output"
+            )
+    ancestor = output.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"cannot create {output}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot create {output}: {ancestor} is not writable; choose another --output")
+    return output
 
 
 def _check_not_source(output: Path, source: ModelSource) -> None:
@@ -188,26 +205,44 @@ def _check_not_source(output: Path, source: ModelSource) -> None:
 
 
 @contextlib.contextmanager
-def _staging(output: Path, force: bool) -> Iterator[Path]:
-    """A temporary sibling of `output`; on success it replaces `output` (the old one removed only after the new
-    one is in place), on any failure or interrupt it is removed."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+def _staging(output: Path) -> Iterator[Path]:
+    """A temporary sibling of `output` to write into. On success it replaces `output` (a previous export is
+    removed only once the new one is in place, and put back if the swap is interrupted); on any failure or
+    interrupt the temporary directory, and any parent directories made for it, are removed."""
+    created = []
+    parent = output.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    tmp: Path | None = None
+    old: Path | None = None
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
         yield tmp
-        if output.exists() and force:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the export is an ordinary directory
+        if output.exists() or output.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, old / "x")
+            os.replace(output, old / "previous")
             try:
                 os.replace(tmp, output)
-            except OSError:
-                os.replace(old / "x", output)
+            except BaseException:
+                os.replace(old / "previous", output)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as e:
+        raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+        if not output.exists():
+            for directory in created:  # deepest first; only what this export made, and only if still empty
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
 
 def example_inputs(tokenizer: Any, spec: IOSpec, batch: int = 2, length: int = 16) -> tuple[torch.Tensor, ...]:

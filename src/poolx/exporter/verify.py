@@ -146,6 +146,7 @@ def check_tokenizer(directory: Path, manifest: Manifest, text_encoder: Any, text
         reference = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except Exception as e:  # transformers raises OSError/ValueError/... for broken tokenizer files
         raise BrokenExportError(f"the tokenizer files in {directory} cannot be loaded ({type(e).__name__}); re-export") from None
+    reference.padding_side = "right"
     got = text_encoder(texts)
     ref = reference(list(texts), padding=True, truncation=True, max_length=manifest.max_length, return_tensors="np")
     bad = [n for n in got if n in ref and not np.array_equal(got[n], ref[n])]

@@ -12,7 +12,8 @@ def _mask_like(attention_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def masked_mean(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """sum(x·m) / clamp(sum(m), 1e-9) over the sequence axis: (B, S, D) -> (B, D). An all-pad row gives zeros."""
     m = _mask_like(attention_mask, x)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    count = m.sum(1).clamp(min=1e-9) if x.dtype in (torch.float32, torch.float64) else m.float().sum(1).clamp(min=1e-9)
+    return ((x * m).sum(1) / count).to(x.dtype)  # the count in float32 at least: 1e-9 underflows in fp16
 
 
 def masked_max(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
