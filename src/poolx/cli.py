@@ -193,6 +193,7 @@ def poolers() -> None:
 
     def body() -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         from poolx.models.registry import create_pooler, get_pooler_class, list_poolers
@@ -203,9 +204,13 @@ def poolers() -> None:
             sample = create_pooler(name, width=1000, num_layers=12)
             dim = sample.output_dim
             width = ("D" if dim == 1000 else f"{dim // 1000}·D") if dim % 1000 == 0 else f"{dim} (option)"
-            first_line = (cls.__doc__ or "").strip().splitlines()[0]
+            paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+            summary = paragraph.split(". ")[0].rstrip(".") + "."
             opts = "\n".join(f"--{k.replace('_', '-')}: {v}" for k, v in cls.options.items()) or "-"
-            table.add_row(f"[bold]{name}[/]\n{first_line}", cls.reads, width, "yes" if sample.has_parameters else "no", opts)
+            table.add_row(
+                f"[bold]{name}[/]\n{escape(summary)}", cls.reads, width, "yes" if sample.has_parameters else "no",
+                escape(opts),
+            )
         Console().print(table)
         typer.echo("D = the backbone's hidden size; learned parameters are trained with PooledEncoder.")
 

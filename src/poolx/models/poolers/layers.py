@@ -43,7 +43,7 @@ class ConcatPooler(Pooler):
 
     reads = "hidden_states"
     needs_hidden_states = True
-    options = {"layers": "hidden_states indices to concatenate, in order (default -1 -2 -3 -4)"}
+    options = {"layers": "hidden_states indices to concatenate, in order, comma-separated (default -1,-2,-3,-4)"}
 
     def __init__(self, width: int, num_layers: int, layers: Sequence[int] = (-1, -2, -3, -4)) -> None:
         super().__init__(width, num_layers)
