@@ -348,3 +348,15 @@ def _umask() -> int:
 def test_error_messages_keep_their_brackets(exported):
     result = run("verify", exported, "--provider", "cuda")
     assert "poolx[gpu]" in result.stderr
+
+
+def test_verify_on_your_own_texts(exported, tmp_path):
+    (tmp_path / "mine.txt").write_text("first own text\n\nsecond, in the domain of the user\n", encoding="utf-8")
+    result = run("verify", exported, "--texts", tmp_path / "mine.txt", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["passed"] is True
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    one_line_error(run("verify", exported, "--texts", tmp_path / "latin1.txt"), 2, "is not UTF-8")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    one_line_error(run("verify", exported, "--texts", tmp_path / "blank.txt"), 2, "has no text")
+    one_line_error(run("verify", exported, "--texts", tmp_path / "nope.txt"), 2, "no such file")

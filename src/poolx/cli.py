@@ -136,6 +136,9 @@ def verify(
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
     provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu, cuda or tensorrt.")] = "cpu",
+    texts: Annotated[Optional[Path], typer.Option(
+        help=f"Also verify on your own texts: a UTF-8 file, one text per line (the first {MAX_USER_TEXTS} "
+        "non-blank lines are used).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Rebuild the eager PyTorch model and compare it with the ONNX graph on real text, over batch sizes and
@@ -143,11 +146,12 @@ def verify(
 
     def body() -> None:
         from poolx.exporter.compare import Tolerance
+        from poolx.exporter.texts import VERIFY_TEXTS
         from poolx.exporter.verify import verify as run_verify
 
         report = run_verify(
             directory, source=source, tolerance=Tolerance(atol=atol, rtol=rtol), provider=provider,
-            raise_on_failure=False,
+            texts=VERIFY_TEXTS + (_read_texts(texts) if texts else ()), raise_on_failure=False,
         )
         if as_json:
             typer.echo(json.dumps(report.to_json(), indent=2))
@@ -158,6 +162,26 @@ def verify(
             raise typer.Exit(1)
 
     _run(body)
+
+
+MAX_USER_TEXTS = 100
+
+
+def _read_texts(path: Path) -> tuple[str, ...]:
+    from poolx.errors import UsageError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"--texts {path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--texts {path} is not UTF-8 (byte {e.start}); convert it first") from None
+    except OSError as e:
+        raise UsageError(f"--texts {path}: {e.strerror}") from None
+    texts = tuple(line for line in lines if line.strip())[:MAX_USER_TEXTS]
+    if not texts:
+        raise UsageError(f"--texts {path} has no text; write one text per line")
+    return texts
 
 
 def _print_report(report: Any) -> None:
