@@ -4,7 +4,7 @@ on real text, over a grid of batch sizes and lengths (none of them the export ex
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +35,6 @@ class VerifyReport:
     shapes: list[tuple[int, int]]
     seconds: float = 0.0
     provider: str = "cpu"
-    failures: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -226,7 +225,8 @@ def quick_check(directory: Path, encoder: Any, manifest: Manifest) -> None:
     failed = [o for o in outputs if not o.passed]
     if failed:
         worst = failed[0]
-        raise ParityError(
-            f"the exported graph does not match eager PyTorch on {worst.name} (max abs diff {worst.max_abs:.3g} at "
-            f"{worst.worst_case}); nothing was written"
+        problem = (
+            f"produces NaN or inf in {worst.name} ({worst.worst_case})" if worst.nonfinite
+            else f"does not match eager PyTorch on {worst.name} (max abs diff {worst.max_abs:.3g} at {worst.worst_case})"
         )
+        raise ParityError(f"the exported graph {problem}; nothing was written")
