@@ -1,0 +1,274 @@
+"""int8 for the CPU: onnxruntime's dynamic quantizer on the backbone's MatMuls, per-channel weights, after a
+SmoothQuant-style rescaling that moves activation outliers into the weights.
+
+Why the rescaling: transformer activations carry a few outlier channels (all-MiniLM-L6-v2: channel 99 of the
+LayerNorm outputs reaches ~30 while the rest stay below ~3). Dynamic quantization gives each activation tensor one
+scale, so the outlier flattens every other channel into a handful of int8 steps: plain per-channel dynamic int8
+reaches only ~0.97 min cosine on the verify texts. For a MatMul ``X·W`` and a per-input-channel vector ``s``,
+``X·W = (X / s)·(diag(s)·W)`` exactly; with ``s_j = amax(X_j)^α / amax(W_j)^(1-α)`` the activation range is evened
+out and the weights (quantized per output column) absorb it. ``X / s`` is one Mul in front of each group of
+MatMuls that share an input (Q, K and V share one).
+
+The channel maxima are measured by running the fp32 graph on calibration texts (`calibration.CALIBRATION_TEXTS`, or
+the user's own); α is chosen from a small grid by the min cosine against the fp32 graph on those texts. The
+pooler, the head and everything outside the backbone stay fp32."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from poolx.errors import ExportError
+
+ALPHAS = (None, 0.5, 0.6, 0.7, 0.8)  # rescaling exponents tried; None: no rescaling
+TARGET_COSINE = 0.995  # min cosine against fp32 on the calibration texts; verify holds int8 to 0.99
+CALIBRATION_BATCH = 8
+FP32_PREFIXES = ("/pooler/", "/head/")  # node-name scopes the quantizer leaves alone (torch module names)
+
+Encode = Callable[[Sequence[str]], dict[str, np.ndarray]]
+
+
+@dataclass
+class QuantizeResult:
+    alpha: float | None  # the rescaling exponent chosen (None: no rescaling won)
+    calibration_cosine: float  # min cosine against the fp32 graph on the calibration texts
+    quantized: int  # MatMuls now int8
+    kept_fp32: list[str] = field(default_factory=list)  # MatMul nodes left fp32 to hold the accuracy
+    tried: dict[str, float] = field(default_factory=dict)  # alpha -> min cosine with every group int8
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": "onnxruntime dynamic quantization: int8 MatMuls, per-channel symmetric QInt8 weights, "
+            "per-tensor uint8 activations, after SmoothQuant-style per-channel rescaling",
+            "alpha": self.alpha, "calibration_min_cosine": round(self.calibration_cosine, 6),
+            "quantized_matmuls": self.quantized, "kept_fp32": self.kept_fp32, "alphas_tried": self.tried,
+        }
+
+
+def quantize_int8(
+    source: Path, target: Path, encode: Encode, texts: Sequence[str], output: str,
+    alphas: Sequence[float | None] = ALPHAS, min_cosine: float = TARGET_COSINE,
+) -> QuantizeResult:
+    """Write the int8 version of the fp32 graph `source` to `target` (one file). The rescaling exponent is the one
+    of `alphas` whose int8 graph has the best min cosine of `output` against the fp32 graph on the calibration
+    texts; then, while that cosine is below `min_cosine`, the MatMul group with the largest simulated int8 error is
+    kept fp32 (at most a third of them; FFN down-projections, whose inputs follow GELU, are the usual ones)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    groups = weight_groups(model)
+    if not groups:
+        raise ExportError("the graph has no MatMul with constant weights to quantize; int8 would change nothing")
+    initializers = {t.name: t for t in model.graph.initializer}
+    weights = {
+        tensor: [numpy_helper.to_array(initializers[model.graph.node[i].input[1]]) for i in indices]
+        for tensor, indices in groups.items()
+    }
+    batches = _batches(encode, texts)
+    with tempfile.TemporaryDirectory(prefix="poolx-int8-") as tmp:
+        work = Path(tmp)
+        probe = _probe(model, groups, work)
+        amax = activation_ranges(probe, batches)
+        reference = _run(_session(source), output, batches)
+
+        def attempt(alpha: float | None, kept: Sequence[str]) -> tuple[float, Path]:
+            path = work / "candidate.onnx"
+            smoothed = _smoothed(model, groups, weights, amax, dict.fromkeys(groups, alpha))
+            _quantize(smoothed, path, work, [model.graph.node[i].name for t in kept for i in groups[t]])
+            return _min_cosine(_run(_session(path), output, batches), reference), path
+
+        tried = {alpha: attempt(alpha, [])[0] for alpha in alphas}
+        alpha = max(alphas, key=lambda a: tried[a])
+        cosine, path = attempt(alpha, [])
+        errors = simulated_errors(probe, batches, weights, amax, alpha)
+        worst_first = sorted(groups, key=lambda t: -errors[t])
+        kept: list[str] = []
+        while cosine < min_cosine and len(kept) < len(groups) // 3:
+            kept.append(worst_first[len(kept)])
+            cosine, path = attempt(alpha, kept)
+        quantized = onnx.load(str(path))
+        onnx.save_model(quantized, str(target))
+    if cosine < min_cosine:
+        raise ExportError(
+            f"int8 reaches min cosine {cosine:.4f} against fp32 on the calibration texts, below {min_cosine} even "
+            f"with {len(kept)} MatMul groups kept fp32; use --precision fp32, or --calibration with your own texts"
+        )
+    return QuantizeResult(
+        alpha, cosine, sum(1 for n in quantized.graph.node if n.op_type == "MatMulInteger"),
+        [model.graph.node[i].name for t in kept for i in groups[t]],
+        {"none" if a is None else str(a): round(c, 6) for a, c in tried.items()},
+    )
+
+
+def weight_groups(model: Any) -> dict[str, list[int]]:
+    """input tensor name -> indices of the backbone MatMul nodes that multiply it by a 2-D constant weight."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    groups: dict[str, list[int]] = {}
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "MatMul" or node.name.startswith(FP32_PREFIXES):
+            continue
+        weight = initializers.get(node.input[1])
+        if weight is not None and len(weight.dims) == 2:
+            groups.setdefault(node.input[0], []).append(index)
+    return groups
+
+
+def _probe(model: Any, groups: dict[str, list[int]], work: Path) -> tuple[Any, list[str]]:
+    """A session on a copy of `model` that also outputs every group's input, and those inputs' names."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for name in groups:
+        if name not in known:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    path = work / "probe.onnx"
+    onnx.save_model(probe, str(path))
+    return _session(path), list(groups)
+
+
+def _activations(probe: Any, batches: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Per batch: every group's input as (tokens, channels), padding positions included (the dynamic quantizer's
+    per-tensor scale sees them too)."""
+    session, names = probe
+    for feeds in batches:
+        yield {n: v.reshape(-1, v.shape[-1]) for n, v in zip(names, session.run(names, feeds))}
+
+
+def activation_ranges(probe: Any, batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of every group's input over the calibration batches."""
+    amax: dict[str, np.ndarray] = {}
+    for acts in _activations(probe, batches):
+        for name, x in acts.items():
+            amax[name] = np.maximum(amax.get(name, 0.0), np.abs(x).max(axis=0))
+    return amax
+
+
+def smoothing_scale(amax: np.ndarray, weights: list[np.ndarray], alpha: float | None) -> np.ndarray:
+    """s_j = amax(X_j)^α / amax(W_j)^(1-α) per input channel j (ones when alpha is None)."""
+    if alpha is None:
+        return np.ones_like(amax, dtype=np.float32)
+    w_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+    return (np.maximum(amax, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)).astype(np.float32)
+
+
+def simulated_errors(
+    probe: Any, batches: list[dict[str, np.ndarray]], weights: dict[str, list[np.ndarray]],
+    amax: dict[str, np.ndarray], alpha: float | None, rows: int = 256,
+) -> dict[str, float]:
+    """Relative error ||int8(X/s)·int8(sW) - X·W|| / ||X·W|| of every group, simulating what onnxruntime computes
+    (per-tensor asymmetric uint8 activations over the whole batch, per-column symmetric int8 weights), on `rows`
+    sampled tokens per batch."""
+    rng = np.random.default_rng(0)
+    num = dict.fromkeys(weights, 0.0)
+    den = dict.fromkeys(weights, 0.0)
+    scales = {t: smoothing_scale(amax[t], weights[t], alpha) for t in weights}
+    quantized = {t: [_fake_quant_weight(w * scales[t][:, None]) for w in weights[t]] for t in weights}
+    for acts in _activations(probe, batches):
+        for t, x in acts.items():
+            pick = rng.choice(len(x), size=min(rows, len(x)), replace=False)
+            xs = x / scales[t]
+            lo, hi = min(0.0, float(xs.min())), max(0.0, float(xs.max()))
+            step = (hi - lo) / 255 or 1.0
+            zero = np.clip(np.round(-lo / step), 0, 255)
+            xq = (np.clip(np.round(xs[pick] / step) + zero, 0, 255) - zero) * step
+            for w, wq in zip(weights[t], quantized[t]):
+                exact = x[pick] @ w
+                den[t] += float((exact * exact).sum())
+                num[t] += float(((xq @ wq - exact) ** 2).sum())
+    return {t: (num[t] / max(den[t], 1e-30)) ** 0.5 for t in weights}
+
+
+def _fake_quant_weight(w: np.ndarray) -> np.ndarray:
+    step = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127
+    return np.clip(np.round(w / step), -127, 127) * step
+
+
+def _smoothed(
+    model: Any, groups: dict[str, list[int]], weights: dict[str, list[np.ndarray]], amax: dict[str, np.ndarray],
+    alpha: dict[str, float | None],
+) -> Any:
+    """A copy of `model` with X·W rewritten as (X·(1/s))·(diag(s)·W) for every group whose alpha is not None.
+    Node order is kept, with each Mul inserted before its first consumer."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    initializers = {t.name: t for t in out.graph.initializer}
+    inserted: dict[str, Any] = {}  # scaled tensor -> the Mul that makes it, placed before its first consumer
+    for index, (tensor, indices) in enumerate(groups.items()):
+        if alpha[tensor] is None:
+            continue
+        s = smoothing_scale(amax[tensor], weights[tensor], alpha[tensor])
+        inv, scaled = f"poolx_smooth_{index}_inv", f"poolx_smooth_{index}_x"
+        for i, w in zip(indices, weights[tensor]):
+            node = out.graph.node[i]
+            initializers[node.input[1]].CopyFrom(numpy_helper.from_array(w * s[:, None], node.input[1]))
+            node.input[0] = scaled
+        out.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
+        inserted[scaled] = onnx.helper.make_node("Mul", [tensor, inv], [scaled], name=f"poolx_smooth_{index}/Mul")
+    ordered = []
+    for node in out.graph.node:  # each Mul right before its first consumer keeps the graph topologically sorted
+        for name in node.input:
+            if name in inserted:
+                ordered.append(inserted.pop(name))
+        ordered.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
+    return out
+
+
+def _quantize(model: Any, target: Path, work: Path, keep_fp32: Sequence[str] = ()) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    staged = work / "smoothed.onnx"
+    onnx.save_model(model, str(staged))
+    excluded = [n.name for n in model.graph.node if n.name.startswith(FP32_PREFIXES)] + list(keep_fp32)
+    with _quiet():
+        quantize_dynamic(
+            str(staged), str(target), per_channel=True, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
+        )
+
+
+def _batches(encode: Encode, texts: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    return [encode([texts[i] for i in order[k:k + CALIBRATION_BATCH]]) for k in range(0, len(order), CALIBRATION_BATCH)]
+
+
+def _session(path: Path) -> Any:
+    from poolx.runtime.session import create_session
+
+    return create_session(path, "cpu")
+
+
+def _run(session: Any, output: str, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([session.run([output], feeds)[0].reshape(len(feeds["input_ids"]), -1) for feeds in batches])
+
+
+def _min_cosine(got: np.ndarray, ref: np.ndarray) -> float:
+    dot = np.einsum("ij,ij->i", got, ref, dtype=np.float64)
+    norms = np.linalg.norm(got.astype(np.float64), axis=1) * np.linalg.norm(ref.astype(np.float64), axis=1)
+    return float(np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0).min())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantizer logs a line per node at INFO and warns about pre-processing; keep the CLI clean."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
