@@ -10,11 +10,13 @@ import numpy as np
 
 @dataclass
 class Tolerance:
-    """Passes when |got - ref| <= atol + rtol·|ref| everywhere (numpy.allclose), neither side holds a NaN or inf
-    (an embedding with one is broken even when both sides agree), and, when min_cosine is set, the row-wise cosine is at least min_cosine. fp32 graphs are held
-    to the elementwise bound alone (a cosine of a 1-wide output near zero is a sign, not a similarity)."""
+    """Passes when neither side holds a NaN or inf (an embedding with one is broken even when both sides agree),
+    |got - ref| <= atol + rtol·|ref| everywhere (numpy.allclose) unless atol is None, and the row-wise cosine is at
+    least min_cosine when that is set. fp32 graphs are held to the elementwise bound (a cosine of a 1-wide output
+    near zero is a sign, not a similarity); fp16 and int8 graphs, whose elements legitimately move, to a cosine
+    bound against eager fp32 (`for_precision`)."""
 
-    atol: float = 1e-4
+    atol: float | None = 1e-4
     rtol: float = 1e-3
     min_cosine: float | None = None
 
@@ -23,8 +25,26 @@ class Tolerance:
 
         for name in ("atol", "rtol"):
             value = getattr(self, name)
+            if value is None and name == "atol":
+                continue
             if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
                 raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.min_cosine is not None and not (isinstance(self.min_cosine, (int, float)) and -1 <= self.min_cosine <= 1):
+            raise UsageError(f"min_cosine must be between -1 and 1, got {self.min_cosine!r}")
+        if self.atol is None and self.min_cosine is None:
+            raise UsageError("a tolerance needs an elementwise bound (atol) or a cosine bound (min_cosine)")
+
+    @classmethod
+    def for_precision(
+        cls, precision: str, atol: float | None = None, rtol: float | None = None, min_cosine: float | None = None,
+    ) -> "Tolerance":
+        """The documented bound of a graph precision, with any of its numbers overridden:
+        fp32 (plain or fused): atol 1e-4, rtol 1e-3; fp16: min cosine 0.999; int8: min cosine 0.99."""
+        default = PRECISION_TOLERANCES.get(precision, PRECISION_TOLERANCES["fp32"])
+        return cls(
+            atol=atol if atol is not None else default.atol, rtol=rtol if rtol is not None else default.rtol,
+            min_cosine=min_cosine if min_cosine is not None else default.min_cosine,
+        )
 
 
 @dataclass
@@ -40,7 +60,7 @@ class Comparison:
     shape_mismatch: bool = False
     elements: int = 0
     cases: int = 0
-    atol: float = 0.0
+    atol: float | None = 0.0
     rtol: float = 0.0
     cosine_bound: float | None = None
     worst_case: str = ""  # the case with the largest required_atol
@@ -48,7 +68,8 @@ class Comparison:
     @property
     def passed(self) -> bool:
         return (
-            self.cases > 0 and not self.shape_mismatch and self.nonfinite == 0 and self.required_atol <= self.atol
+            self.cases > 0 and not self.shape_mismatch and self.nonfinite == 0
+            and (self.atol is None or self.required_atol <= self.atol)
             and (self.cosine_bound is None or self.min_cosine >= self.cosine_bound)
         )
 
@@ -96,3 +117,10 @@ def _min_row_cosine(got: np.ndarray, ref: np.ndarray, batch_axis: int) -> float:
     rn = np.sqrt(np.einsum("ij,ij->i", r, r, dtype=np.float64))
     both_zero = (gn == 0) & (rn == 0)
     return float(np.where(both_zero, 1.0, dot / np.maximum(gn * rn, 1e-300)).min())
+
+
+PRECISION_TOLERANCES = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
+    "fp16": Tolerance(atol=None, min_cosine=0.999),
+    "int8": Tolerance(atol=None, min_cosine=0.99),
+}

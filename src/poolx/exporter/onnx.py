@@ -110,12 +110,21 @@ def export(
     force: bool = False,
     seed: int = 0,
     external_data: str = "auto",
+    precision: str = "fp32",
+    optimize: bool = False,
+    target: str | None = None,
+    calibration: Sequence[str] | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export `model` (None: the packaged all-MiniLM-L6-v2; a Hugging Face or poolx directory; a cached hub id)
-    with a pooler into the directory `output`. Raises a PoolxError subclass on any failure, leaving no output."""
+    with a pooler into the directory `output`: the fp32 graph, or with `optimize`/`precision`/`target` a fused,
+    fp16 (CUDA) or int8 (CPU) variant of it (`optimize.Variant`); int8 calibrates on `calibration` texts (default
+    the built-in ones). Raises a PoolxError subclass on any failure, leaving no output."""
+    from poolx.exporter.optimize import Variant
+
     start = time.perf_counter()
     output = _check_output(Path(output), force)
+    variant = Variant.resolve(precision, optimize, target, raw_outputs)
     if opset not in OPSETS:
         raise UsageError(f"opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     if external_data not in ("auto", "always", "never"):
@@ -135,8 +144,7 @@ def export(
         raise UsageError(f"max_length {max_length} is out of range for this model; use 2..{limit}")
 
     with _staging(output) as tmp:
-        _trace(encoder, spec, tokenizer, tmp / GRAPH_FILE, opset)
-        external = _finalize_graph(tmp / GRAPH_FILE, spec, external_data)
+        graph = _trace(encoder, spec, tokenizer, tmp, opset)
         tokenizer.padding_side = "right"  # what the graph's poolers assume, and what the runtime does
         tokenizer.save_pretrained(tmp)
         head_state = encoder.head_state_dict()
@@ -151,8 +159,8 @@ def export(
                 "output_dim": encoder.pooler.output_dim, "num_labels": encoder.num_labels,
                 "weights": POOLER_WEIGHTS if head_state else None,
             },
-            graph={"file": GRAPH_FILE, "opset": opset, "exporter": "torchscript",
-                   "external_data": EXTERNAL_DATA_FILE if external else None, "attention": "eager"},
+            graph={"file": GRAPH_FILE, "opset": opset, "exporter": "torchscript", "external_data": None,
+                   "attention": "eager"},
             io=spec,
             tokenizer={
                 "max_length": max_length, "pad_token": tokenizer.pad_token,
@@ -162,6 +170,10 @@ def export(
             versions=library_versions(),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
+        if not variant.is_plain:
+            graph = _build_variant(graph, variant, encoder, manifest, tmp, calibration)
+        if _finalize_graph(graph, tmp / GRAPH_FILE, spec, external_data):
+            manifest.graph["external_data"] = EXTERNAL_DATA_FILE
         manifest.write(tmp)  # the parity check reads the directory as verify would
         from poolx.exporter.verify import quick_check
 
@@ -254,9 +266,16 @@ def example_inputs(tokenizer: Any, spec: IOSpec, batch: int = 2, length: int = 1
     return tuple(enc[name].to(torch.int64) for name in spec.input_names)
 
 
-def _trace(encoder: PooledEncoder, spec: IOSpec, tokenizer: Any, path: Path, opset: int) -> None:
+def _trace(encoder: PooledEncoder, spec: IOSpec, tokenizer: Any, directory: Path, opset: int) -> Any:
+    """Trace with torch's TorchScript exporter into a scratch folder of `directory`; returns the onnx ModelProto
+    (weights loaded, the scratch folder removed)."""
+    import onnx
+
     module = GraphModule(encoder, spec).eval()
     args = example_inputs(tokenizer, spec)
+    scratch = directory / ".trace"
+    scratch.mkdir()
+    path = scratch / GRAPH_FILE
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings and the exporter's deprecation notice
@@ -269,16 +288,41 @@ def _trace(encoder: PooledEncoder, spec: IOSpec, tokenizer: Any, path: Path, ops
     except Exception as e:  # the exporter raises many types; the first line says what failed
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ExportError(f"torch.onnx.export failed for pooler {encoder.pooler.name!r}: {first}") from None
+    model = onnx.load(str(path))  # also loads any external data torch wrote for > 2 GiB models
+    shutil.rmtree(scratch)
+    return model
 
 
-def _finalize_graph(path: Path, spec: IOSpec, external_data: str) -> bool:
+def _build_variant(
+    model: Any, variant: Any, encoder: PooledEncoder, manifest: Manifest, directory: Path,
+    calibration: Sequence[str] | None,
+) -> Any:
+    """Fuse / convert / quantize the traced graph (`optimize.build`) and record how in the manifest."""
+    from poolx.exporter.calibration import CALIBRATION_TEXTS
+    from poolx.exporter.optimize import build
+    from poolx.runtime.tokenizer import TextEncoder
+    from poolx.spec import EMBEDDING
+
+    texts = list(calibration) if calibration else list(CALIBRATION_TEXTS)
+    encode = TextEncoder(directory, manifest) if variant.precision == "int8" else None
+    try:
+        model, info = build(model, variant, encoder.backbone.config, encode, texts, EMBEDDING)
+    except PoolxError:
+        raise
+    except Exception as e:  # onnxruntime's optimizer and quantizer raise many types
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ExportError(f"building the {variant.name} graph failed: {first}") from None
+    manifest.graph.update(info)
+    return model
+
+
+def _finalize_graph(model: Any, path: Path, spec: IOSpec, external_data: str) -> bool:
     """Write the spec's dims onto the graph's inputs and outputs (the tracer leaves some fixed sizes, such as the
-    number of attention heads, as generated symbols; verify checks that the real shapes agree), check the graph
-    with onnx's checker, and store the weights inline or as external data. Returns whether they went to
-    EXTERNAL_DATA_FILE."""
+    number of attention heads, as generated symbols; verify checks that the real shapes agree), store the weights
+    inline or as external data at `path`, and check the file with onnx's checker. Returns whether the weights
+    went to EXTERNAL_DATA_FILE."""
     import onnx
 
-    model = onnx.load(str(path))  # also loads any external data torch wrote for > 2 GiB models
     for declared, values in ((spec.inputs, model.graph.input), (spec.outputs, model.graph.output)):
         for tensor, value in zip(declared, values):
             dims = value.type.tensor_type.shape.dim
@@ -291,9 +335,6 @@ def _finalize_graph(path: Path, spec: IOSpec, external_data: str) -> bool:
                     dim.dim_value = want
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     external = external_data == "always" or (external_data == "auto" and weight_bytes > EXTERNAL_DATA_THRESHOLD)
-    for stale in path.parent.iterdir():  # only the tracer's output is here yet: drop its external-data files
-        if stale != path:
-            stale.unlink()
     onnx.save_model(
         model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
         location=EXTERNAL_DATA_FILE, size_threshold=0,

@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from poolx.errors import UsageError
 
@@ -74,17 +76,67 @@ def fuse(model: Any, config: Any, target: str, attention: bool = True) -> tuple[
 
     options = FusionOptions("bert")
     options.enable_attention = attention
-    optimized = optimizer.optimize_model(
-        model, model_type="bert", num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size),
-        optimization_options=options, opt_level=0, use_gpu=target == "cuda",
-    )
+    with quiet():
+        optimized = optimizer.optimize_model(
+            model, model_type="bert", num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size),
+            optimization_options=options, opt_level=0, use_gpu=target == "cuda",
+        )
+    _import_contrib_domain(optimized.model)
     counts = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     return optimized, counts
+
+
+def _import_contrib_domain(model: Any) -> None:
+    """Fused ops live in onnxruntime's com.microsoft domain; the file must import it to be valid ONNX."""
+    import onnx
+
+    if any(n.domain == "com.microsoft" for n in model.graph.node) and not any(
+        o.domain == "com.microsoft" for o in model.opset_import
+    ):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
 
 
 def to_fp16(optimized: Any) -> int:
     """Convert the backbone of a fused OnnxModel to float16 in place; float32 inputs/outputs and pooler. Returns
     how many nodes were kept float32 on purpose."""
     keep = [n.name for n in optimized.model.graph.node if n.name.startswith(FP32_SCOPES)]
-    optimized.convert_float_to_float16(keep_io_types=True, node_block_list=keep)
+    with quiet():
+        optimized.convert_float_to_float16(keep_io_types=True, node_block_list=keep)
+        optimized.topological_sort()  # the converter appends its Cast nodes at the end
     return len(keep)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """onnxruntime's optimizer and quantizer log per node and warn about model producers; keep the CLI clean."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime"), logging.getLogger("onnxruntime.transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def build(model: Any, variant: Variant, config: Any, encode: Any, calibration: Sequence[str], output: str) -> tuple[Any, dict[str, Any]]:
+    """The variant of the traced fp32 ModelProto `model`, and what the manifest records about it."""
+    info: dict[str, Any] = {
+        "precision": variant.precision, "optimized": variant.optimize, "target": variant.target,
+        "fusions": None, "quantization": None,
+    }
+    if variant.precision == "int8":
+        from poolx.exporter.quantize import quantize_int8
+
+        model, result = quantize_int8(model, encode, calibration, output)
+        info["quantization"] = {**result.to_json(), "calibration_texts": len(calibration)}
+        if variant.optimize:
+            optimized, info["fusions"] = fuse(model, config, "cpu", attention=False)
+            model = optimized.model
+    elif variant.optimize:
+        optimized, info["fusions"] = fuse(model, config, variant.target)
+        if variant.precision == "fp16":
+            info["fp32_nodes"] = to_fp16(optimized)
+        model = optimized.model
+    return model, info

@@ -15,8 +15,6 @@ pooler, the head and everything outside the backbone stay fp32."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from poolx.errors import ExportError
+from poolx.exporter.optimize import quiet
 
 ALPHAS = (None, 0.5, 0.6, 0.7, 0.8)  # rescaling exponents tried; None: no rescaling
 TARGET_COSINE = 0.995  # min cosine against fp32 on the calibration texts; verify holds int8 to 0.99
@@ -52,17 +51,16 @@ class QuantizeResult:
 
 
 def quantize_int8(
-    source: Path, target: Path, encode: Encode, texts: Sequence[str], output: str,
+    model: Any, encode: Encode, texts: Sequence[str], output: str,
     alphas: Sequence[float | None] = ALPHAS, min_cosine: float = TARGET_COSINE,
-) -> QuantizeResult:
-    """Write the int8 version of the fp32 graph `source` to `target` (one file). The rescaling exponent is the one
+) -> tuple[Any, QuantizeResult]:
+    """The int8 version of the fp32 graph `model` (an onnx ModelProto, weights inline). The rescaling exponent is the one
     of `alphas` whose int8 graph has the best min cosine of `output` against the fp32 graph on the calibration
     texts; then, while that cosine is below `min_cosine`, the MatMul group with the largest simulated int8 error is
     kept fp32 (at most a third of them; FFN down-projections, whose inputs follow GELU, are the usual ones)."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(source))
     groups = weight_groups(model)
     if not groups:
         raise ExportError("the graph has no MatMul with constant weights to quantize; int8 would change nothing")
@@ -74,6 +72,8 @@ def quantize_int8(
     batches = _batches(encode, texts)
     with tempfile.TemporaryDirectory(prefix="poolx-int8-") as tmp:
         work = Path(tmp)
+        source = work / "fp32.onnx"
+        onnx.save_model(model, str(source))
         probe = _probe(model, groups, work)
         amax = activation_ranges(probe, batches)
         reference = _run(_session(source), output, batches)
@@ -94,13 +94,12 @@ def quantize_int8(
             kept.append(worst_first[len(kept)])
             cosine, path = attempt(alpha, kept)
         quantized = onnx.load(str(path))
-        onnx.save_model(quantized, str(target))
     if cosine < min_cosine:
         raise ExportError(
             f"int8 reaches min cosine {cosine:.4f} against fp32 on the calibration texts, below {min_cosine} even "
             f"with {len(kept)} MatMul groups kept fp32; use --precision fp32, or --calibration with your own texts"
         )
-    return QuantizeResult(
+    return quantized, QuantizeResult(
         alpha, cosine, sum(1 for n in quantized.graph.node if n.op_type == "MatMulInteger"),
         [model.graph.node[i].name for t in kept for i in groups[t]],
         {"none" if a is None else str(a): round(c, 6) for a, c in tried.items()},
@@ -234,7 +233,7 @@ def _quantize(model: Any, target: Path, work: Path, keep_fp32: Sequence[str] = (
     staged = work / "smoothed.onnx"
     onnx.save_model(model, str(staged))
     excluded = [n.name for n in model.graph.node if n.name.startswith(FP32_PREFIXES)] + list(keep_fp32)
-    with _quiet():
+    with quiet():
         quantize_dynamic(
             str(staged), str(target), per_channel=True, weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
@@ -260,15 +259,3 @@ def _min_cosine(got: np.ndarray, ref: np.ndarray) -> float:
     dot = np.einsum("ij,ij->i", got, ref, dtype=np.float64)
     norms = np.linalg.norm(got.astype(np.float64), axis=1) * np.linalg.norm(ref.astype(np.float64), axis=1)
     return float(np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0).min())
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime's quantizer logs a line per node at INFO and warns about pre-processing; keep the CLI clean."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

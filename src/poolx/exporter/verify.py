@@ -35,6 +35,7 @@ class VerifyReport:
     shapes: list[tuple[int, int]]
     seconds: float = 0.0
     provider: str = "cpu"
+    variant: str = "fp32"
 
     @property
     def passed(self) -> bool:
@@ -45,6 +46,7 @@ class VerifyReport:
             "directory": self.directory,
             "passed": self.passed,
             "provider": self.provider,
+            "variant": self.variant,
             "seconds": round(self.seconds, 3),
             "checks": [c.__dict__ for c in self.checks],
             "outputs": [o.to_json() for o in self.outputs],
@@ -201,9 +203,22 @@ def verify(
     session = create_session(graph, provider)
     plan = cases(texts, text_encoder.lengths(texts), manifest.max_length)
     outputs, shapes = compare_outputs(
-        session, encoder, manifest.io, text_encoder, texts, plan, tolerance or Tolerance()
+        session, encoder, manifest.io, text_encoder, texts, plan, tolerance or Tolerance.for_precision(precision(manifest))
     )
-    return _finish(VerifyReport(str(directory), outputs, checks, shapes, time.perf_counter() - start, provider), raise_on_failure)
+    report = VerifyReport(str(directory), outputs, checks, shapes, time.perf_counter() - start, provider)
+    report.variant = variant_label(manifest)
+    return _finish(report, raise_on_failure)
+
+
+def precision(manifest: Manifest) -> str:
+    return str(manifest.graph.get("precision", "fp32"))
+
+
+def variant_label(manifest: Manifest) -> str:
+    """'fp32', 'fp32 optimized for cpu', 'fp16 optimized for cuda', 'int8 for cpu': what verify compared."""
+    graph = manifest.graph
+    label = precision(manifest) + (" optimized" if graph.get("optimized") else "")
+    return label if label == "fp32" else f"{label} for {graph.get('target', 'cpu')}"
 
 
 def _finish(report: VerifyReport, raise_on_failure: bool) -> VerifyReport:
@@ -221,12 +236,14 @@ def quick_check(directory: Path, encoder: Any, manifest: Manifest) -> None:
     text_encoder = TextEncoder(directory, manifest)
     plan = [("one text", [0], None), ("three texts, padded", [0, 1, 2], min(manifest.max_length, 40))]
     session = create_session(directory / manifest.graph_file, "cpu")
-    outputs, _ = compare_outputs(session, encoder, manifest.io, text_encoder, texts, plan, Tolerance())
+    tolerance = Tolerance.for_precision(precision(manifest))
+    outputs, _ = compare_outputs(session, encoder, manifest.io, text_encoder, texts, plan, tolerance)
     failed = [o for o in outputs if not o.passed]
     if failed:
         worst = failed[0]
         problem = (
             f"produces NaN or inf in {worst.name} ({worst.worst_case})" if worst.nonfinite
-            else f"does not match eager PyTorch on {worst.name} (max abs diff {worst.max_abs:.3g} at {worst.worst_case})"
+            else f"does not match eager PyTorch on {worst.name} (max abs diff {worst.max_abs:.3g}, min cosine "
+            f"{worst.min_cosine:.5f}, at {worst.worst_case})"
         )
         raise ParityError(f"the exported graph {problem}; nothing was written")
