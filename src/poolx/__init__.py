@@ -10,6 +10,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
+    "Embedder": "poolx.runtime.embedder",
     "PooledEncoder": "poolx.models.encoder",
     "create_pooler": "poolx.models.registry",
     "list_poolers": "poolx.models.registry",

@@ -290,26 +290,97 @@ def poolers() -> None:
 @app.command()
 def embed(
     directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
-    texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
-    provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu, cuda or tensorrt.")] = "cpu",
-    dims: Annotated[int, typer.Option(help="How many leading dimensions to print per text.")] = 6,
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to embed and print (or use --input).", show_default=False)] = None,
+    input: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="Embed a file: .txt (a text a line; blank lines are empty texts), .jsonl/.csv/.tsv "
+        "(the --column field) or .parquet.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the embeddings: .npy, .parquet or .jsonl (rows in input order). Written "
+        "to a temporary file and moved into place only when complete.", show_default=False)] = None,
+    column: Annotated[str, typer.Option(help="The text column of a .jsonl/.csv/.tsv/.parquet input.")] = "text",
+    id_column: Annotated[Optional[str], typer.Option(help="A column of unique ids to carry into .parquet/.jsonl output.")] = None,
+    provider: Annotated[str, typer.Option(help="auto (CUDA if available, else CPU), cpu, cuda or tensorrt.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Texts per batch (batches are sorted by length).")] = 32,
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize each embedding.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
+    dims: Annotated[int, typer.Option(help="Printed texts: how many leading dimensions to show.")] = 6,
 ) -> None:
-    """Embed a few texts with an export and print the start of each vector."""
+    """Embed texts with an export: a few given on the command line (printed), or a whole file (--input/--output)."""
 
     def body() -> None:
-        from poolx.manifest import Manifest
-        from poolx.runtime.session import create_session
-        from poolx.runtime.tokenizer import TextEncoder
-        from poolx.spec import EMBEDDING
+        import warnings
 
-        manifest = Manifest.read(directory)
-        session = create_session(directory / manifest.graph_file, provider)
-        (vectors,) = session.run([EMBEDDING], TextEncoder(directory, manifest)(texts))
-        for text, vec in zip(texts, vectors):
-            head = " ".join(f"{v:+.4f}" for v in vec[:dims])
-            typer.echo(f"{text[:40]!r:44} [{head}{' ...' if len(vec) > dims else ''}] (dim {len(vec)})")
+        from poolx.errors import UsageError
+
+        if bool(input) != bool(output):
+            raise UsageError("--input and --output go together: poolx embed DIR --input texts.txt --output vectors.npy")
+        if input and texts:
+            raise UsageError("give texts on the command line or --input FILE, not both")
+        if not input and not texts:
+            raise UsageError("nothing to embed: give texts, or --input FILE --output FILE")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        from poolx import textio
+
+        if output:
+            textio.check_output(output, force, input_path=input)
+            corpus = textio.read_corpus(input, column=column, id_column=id_column)
+        from poolx.runtime.embedder import Embedder
+
+        embedder = Embedder(directory, provider, threads=threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the truncation note is printed once below
+            if output:
+                _embed_file(embedder, corpus, output, batch_size, normalize, force)
+            else:
+                vectors = embedder.embed(texts, batch_size=batch_size, normalize=normalize)
+                for text, vec in zip(texts, vectors):
+                    head = " ".join(f"{v:+.4f}" for v in vec[:dims])
+                    typer.echo(f"{text[:40]!r:44} [{head}{' ...' if len(vec) > dims else ''}] (dim {len(vec)})")
+        if embedder.truncated:
+            _stderr().print(
+                f"note: {embedder.truncated} text(s) longer than {embedder.max_length} tokens were truncated",
+                markup=False,
+            )
 
     _run(body)
+
+
+CHUNK = 4096  # texts embedded (sorted by length within) and written per step
+
+
+def _embed_file(embedder: Any, corpus: Any, output: Path, batch_size: int, normalize: bool, force: bool) -> None:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from poolx.textio import EmbeddingWriter
+
+    start = time.perf_counter()
+    columns = (
+        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} texts/s"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_stderr(), transient=False) as bar, EmbeddingWriter(
+        output, embedder.width, len(corpus), ids=corpus.ids, force=force
+    ) as writer:
+        task = bar.add_task("embed", total=len(corpus), rate="-")
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - start, 1e-9):,.0f}")
+
+        for first in range(0, len(corpus), CHUNK):
+            chunk = corpus.texts[first:first + CHUNK]
+            writer.write(first, embedder.embed(chunk, batch_size=batch_size, normalize=normalize, progress=advance))
+    seconds = time.perf_counter() - start
+    typer.echo(
+        f"wrote {len(corpus)} embeddings (dim {embedder.width}) to {output} in {seconds:.1f}s "
+        f"({len(corpus) / max(seconds, 1e-9):,.0f} texts/s on {embedder.provider})"
+    )
 
 
 def main() -> None:

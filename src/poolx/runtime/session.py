@@ -9,10 +9,15 @@ from poolx.errors import BrokenExportError
 from poolx.runtime.providers import check_active, import_onnxruntime, resolve
 
 
-def create_session(graph: str | Path, provider: str = "cpu", threads: int | None = None) -> Any:
-    """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider`."""
+def create_session(
+    graph: str | Path, provider: str = "cpu", threads: int | None = None,
+    provider_options: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider`; `provider_options` maps an
+    onnxruntime provider name (e.g. "TensorrtExecutionProvider") to its options."""
     ort = import_onnxruntime()
-    providers = resolve(provider)
+    options_of = provider_options or {}
+    providers = [(p, options_of[p]) if p in options_of else p for p in resolve(provider)]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:

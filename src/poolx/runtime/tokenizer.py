@@ -32,13 +32,20 @@ class TextEncoder:
 
     def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Pad to the longest text, or to `pad_to` (at least the longest) to exercise padding."""
-        encodings = self._tok.encode_batch(list(texts))
-        longest = max(len(e.ids) for e in encodings)
-        length = max(longest, pad_to or 0)
+        return self.arrays(self.encode(texts), pad_to)
+
+    def encode(self, texts: Sequence[str]) -> list:
+        """`tokenizers.Encoding`s, truncated to max_length (a truncated one has `overflowing` parts)."""
+        return self._tok.encode_batch(list(texts))
+
+    def arrays(self, encodings: Sequence, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """The graph's inputs for already encoded texts, padded right to the longest (or to `pad_to`)."""
+        rows = len(encodings)
+        length = max(max(len(e.ids) for e in encodings), pad_to or 0)
         arrays = {
-            "input_ids": np.full((len(texts), length), self._pad_id, dtype=np.int64),
-            "attention_mask": np.zeros((len(texts), length), dtype=np.int64),
-            "token_type_ids": np.zeros((len(texts), length), dtype=np.int64),
+            "input_ids": np.full((rows, length), self._pad_id, dtype=np.int64),
+            "attention_mask": np.zeros((rows, length), dtype=np.int64),
+            "token_type_ids": np.zeros((rows, length), dtype=np.int64),
         }
         for row, enc in enumerate(encodings):
             n = len(enc.ids)

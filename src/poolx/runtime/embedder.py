@@ -1,0 +1,181 @@
+"""`Embedder`: texts in, float32 embeddings out, through a poolx export on onnxruntime.
+
+It tokenizes with the exported tokenizer (the `tokenizers` library, no transformers import), sorts the texts by
+token length and batches them by a token budget (so short texts are not padded to long ones), runs each batch, and
+puts the rows back in the caller's order. On CUDA and TensorRT inputs and outputs are bound with IO binding; on
+TensorRT the engine is built with fp16, cached on disk, and given min/opt/max shape profiles from the manifest.
+A provider that cannot run is an error naming what is missing, never a silent CPU run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from poolx.errors import ProviderUnavailableError, UsageError
+from poolx.manifest import Manifest
+from poolx.runtime.providers import PROVIDERS, import_onnxruntime
+from poolx.runtime.session import create_session
+from poolx.runtime.tokenizer import TextEncoder
+from poolx.spec import EMBEDDING
+
+DEFAULT_BATCH = 32
+OPT_BATCH, OPT_LENGTH = 32, 128  # the TensorRT profile's optimum shape (clipped to the model's limits)
+MAX_BATCH = 256  # the TensorRT profile's largest batch
+
+
+class Embedder:
+    """Embeds texts with the export in `directory`.
+
+    provider: "auto" (CUDA when onnxruntime-gpu can run it and the graph is not int8, else CPU; the choice is in
+    `.provider`), "cpu", "cuda" or "tensorrt". threads: CPU intra-op threads (default: onnxruntime's). max_tokens:
+    padded tokens per batch (default batch_size × max_length). trt_cache: TensorRT engine cache directory
+    (default ~/.cache/poolx/tensorrt/<graph sha256 prefix>). trt_fp16: let TensorRT build fp16 kernels (default on).
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str], provider: str = "auto", *, threads: int | None = None,
+        device_id: int = 0, max_tokens: int | None = None, trt_cache: str | os.PathLike[str] | None = None,
+        trt_fp16: bool = True, check_files: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.manifest = Manifest.read(self.directory)
+        if check_files:
+            self.manifest.check_files(self.directory)
+        self.precision = str(self.manifest.graph.get("precision", "fp32"))
+        self.provider = choose_provider(provider, self.precision)
+        self.device_id = device_id
+        self.max_tokens = max_tokens
+        graph = self.directory / self.manifest.graph_file
+        options: dict[str, dict[str, Any]] = {"CUDAExecutionProvider": {"device_id": str(device_id)}}
+        if self.provider == "tensorrt":
+            cache = Path(trt_cache) if trt_cache else default_trt_cache(self.manifest)
+            options["TensorrtExecutionProvider"] = tensorrt_options(self.manifest, cache, fp16=trt_fp16, device_id=device_id)
+        self.session = create_session(graph, self.provider, threads, options)
+        self.text_encoder = TextEncoder(self.directory, self.manifest)
+        self.max_length = self.text_encoder.max_length
+        self.width = int(self.manifest.pooling["output_dim"])
+        self.truncated = 0  # texts cut to max_length so far
+        self._warned = False
+
+    def embed(
+        self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH, normalize: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """(len(texts), width) float32, row i for texts[i]. Texts longer than max_length are truncated (counted in
+        `.truncated`, warned about once per Embedder); an empty string is embedded as the model sees it (only the
+        special tokens). `progress(n)` is called after each batch with the number of texts it held."""
+        if isinstance(texts, str):
+            raise UsageError("embed() takes a list of texts, not one string; wrap it: embed([text])")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        texts = list(texts)
+        out = np.empty((len(texts), self.width), dtype=np.float32)
+        if not texts:
+            return out
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise UsageError(f"text {bad} is a {type(texts[bad]).__name__}, not a string")
+        encodings = self.text_encoder.encode(texts)
+        self._count_truncated(encodings)
+        for rows in self.plan([len(e.ids) for e in encodings], batch_size):
+            feeds = self.text_encoder.arrays([encodings[i] for i in rows])
+            out[rows] = self._run(feeds)
+            if progress:
+                progress(len(rows))
+        if normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, 1e-12)
+        return out
+
+    def plan(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+        """Batches of text indices, longest texts first, each at most batch_size texts and max_tokens padded
+        tokens (a batch is padded to its longest text)."""
+        budget = self.max_tokens or batch_size * self.max_length
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:  # lengths only fall, so the first text of a batch is its longest
+            if current and (len(current) >= batch_size or (len(current) + 1) * lengths[current[0]] > budget):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self.provider == "cpu":
+            return self.session.run([EMBEDDING], feeds)[0]
+        return run_bound(self.session, feeds, EMBEDDING, "cuda", self.device_id)
+
+    def _count_truncated(self, encodings: Sequence[Any]) -> None:
+        cut = sum(1 for e in encodings if e.overflowing)
+        self.truncated += cut
+        if cut and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{cut} text(s) longer than {self.max_length} tokens were truncated to {self.max_length} "
+                "(said once per Embedder; see .truncated for the running count)", stacklevel=3,
+            )
+
+
+def choose_provider(provider: str, precision: str) -> str:
+    """The provider an Embedder runs on: "auto" resolved, and combinations that would silently run elsewhere
+    refused (onnxruntime's CUDA provider has no int8 MatMul kernels, so an int8 graph would fall back to the CPU)."""
+    if provider not in ("auto", *PROVIDERS):
+        raise UsageError(f"unknown provider {provider!r}; choose auto, {', '.join(PROVIDERS)}")
+    if provider == "auto":
+        available = import_onnxruntime().get_available_providers()
+        return "cuda" if "CUDAExecutionProvider" in available and precision != "int8" else "cpu"
+    if provider != "cpu" and precision == "int8":
+        raise ProviderUnavailableError(
+            f"an int8 graph runs on the CPU only (onnxruntime has no int8 MatMul kernels for {provider}); "
+            "export --precision fp16 for CUDA, or use --provider cpu"
+        )
+    return provider
+
+
+def run_bound(session: Any, feeds: dict[str, np.ndarray], output: str, device: str, device_id: int = 0) -> np.ndarray:
+    """One run with IO binding: inputs copied to `device` once, the output allocated there and copied back."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    binding.bind_output(output, device, device_id)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]
+
+
+def tensorrt_options(manifest: Manifest, cache: Path, *, fp16: bool = True, device_id: int = 0) -> dict[str, Any]:
+    """onnxruntime's TensorRT provider options for an export: fp16, engine and timing caches in `cache`, and one
+    explicit shape profile per graph input: min 1×1, opt min(32, MAX_BATCH)×min(128, max_length), max
+    MAX_BATCH×max_length. (Documented in onnxruntime's TensorRT execution provider page; not run here: TensorRT
+    cannot be installed on the machines poolx is developed on.)"""
+    max_length = manifest.max_length
+    names = manifest.io.input_names
+
+    def shapes(batch: int, length: int) -> str:
+        return ",".join(f"{n}:{batch}x{length}" for n in names)
+
+    return {
+        "device_id": str(device_id),
+        "trt_fp16_enable": "True" if fp16 else "False",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": shapes(1, 1),
+        "trt_profile_opt_shapes": shapes(min(OPT_BATCH, MAX_BATCH), min(OPT_LENGTH, max_length)),
+        "trt_profile_max_shapes": shapes(MAX_BATCH, max_length),
+    }
+
+
+def default_trt_cache(manifest: Manifest) -> Path:
+    """A cache directory per graph (engines are specific to the graph, the GPU and the TensorRT version)."""
+    digest = manifest.files.get(manifest.graph_file) or hashlib.sha256(manifest.graph_file.encode()).hexdigest()
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "poolx" / "tensorrt" / digest[:16]
