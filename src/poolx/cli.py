@@ -383,6 +383,52 @@ def _embed_file(embedder: Any, corpus: Any, output: Path, batch_size: int, norma
     )
 
 
+@app.command()
+def bench(
+    directory: Annotated[Optional[Path], typer.Argument(
+        help="An export to benchmark (its source model and pooler). Default: the packaged MiniLM, mean pooling.",
+        show_default=False)] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    lengths: Annotated[str, typer.Option(help="Comma-separated lengths in tokens.")] = "16,128",
+    seconds: Annotated[float, typer.Option(help="Timing budget per candidate and shape.")] = 2.0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for both torch and onnxruntime.", show_default=False)] = None,
+    provider: Annotated[Optional[list[str]], typer.Option(help="Limit to these providers (cpu, cuda); default: all present.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Directory for bench.json and bench.png.")] = Path("poolx-bench"),
+) -> None:
+    """Time eager PyTorch against every poolx variant on the same texts (tokenization included), print a table,
+    write JSON and a PNG chart."""
+
+    def body() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        from poolx.bench import run_bench, write_outputs
+        from poolx.errors import UsageError
+
+        bad = [p for p in provider or [] if p not in ("cpu", "cuda")]
+        if bad:
+            raise UsageError(f"--provider {bad[0]!r}: bench runs cpu and cuda")
+        if directory is not None:
+            from poolx.manifest import Manifest
+
+            Manifest.read(directory)
+        report = run_bench(
+            directory, batch_sizes=_int_list(batch_sizes, "--batch-sizes") or [], lengths=_int_list(lengths, "--lengths") or [],
+            seconds=seconds, threads=threads, providers=provider, log=lambda m: _stderr().print(m, markup=False),
+        )
+        table = Table("candidate", "device", "batch×tokens", "tokens/s", "p50 ms", "p99 ms", "speed-up", "max abs", "min cosine")
+        for c in report.cells:
+            table.add_row(
+                c.candidate, c.device, f"{c.batch}×{c.length}", f"{c.tokens_per_s:,.0f}", f"{c.p50_ms:.2f}",
+                f"{c.p99_ms:.2f}", f"{c.speedup:.2f}×" if c.speedup else "-", f"{c.max_abs:.1e}", f"{c.min_cosine:.5f}",
+            )
+        Console(width=max(Console().width, 120)).print(table)
+        json_path, png = write_outputs(report, out)
+        typer.echo(f"wrote {json_path}" + (f" and {png}" if png else " (install matplotlib for the chart)"))
+
+    _run(body)
+
+
 def main() -> None:
     app()
 

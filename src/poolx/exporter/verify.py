@@ -85,9 +85,12 @@ def cases(texts: Sequence[str], lengths: Sequence[int], max_length: int) -> list
     return fixed
 
 
-def rebuild_encoder(manifest: Manifest, directory: Path, source: str | None = None) -> Any:
+def rebuild_encoder(
+    manifest: Manifest, directory: Path, source: str | None = None, attn_implementation: str = "eager",
+) -> Any:
     """The eager PooledEncoder an export was made from: the source backbone (checked against the weights'
-    sha256 recorded at export) with the pooler/head weights stored in the export."""
+    sha256 recorded at export) with the pooler/head weights stored in the export. `attn_implementation` "sdpa"
+    gives transformers' default (faster) attention, for benchmarks."""
     from poolx.exporter.onnx import source_weights
     from poolx.models.encoder import PooledEncoder
     from poolx.models.loading import DEFAULT_MODEL, load_backbone, resolve_source
@@ -107,7 +110,7 @@ def rebuild_encoder(manifest: Manifest, directory: Path, source: str | None = No
         )
     pooling = manifest.pooling
     encoder = PooledEncoder.from_backbone(
-        load_backbone(resolved), pooling["name"], pooling.get("num_labels"), seed=None, **pooling.get("options", {})
+        load_backbone(resolved, attn_implementation), pooling["name"], pooling.get("num_labels"), seed=None, **pooling.get("options", {})
     )
     if pooling.get("weights"):
         encoder.load_head_weights(directory / pooling["weights"])

@@ -85,7 +85,7 @@ def resolve_source(model: str | os.PathLike[str] | None) -> ModelSource:
     return ModelSource(text, snapshot)
 
 
-def load_backbone(source: ModelSource) -> Any:
+def load_backbone(source: ModelSource, attn_implementation: str = "eager") -> Any:
     """The backbone as a transformers `PreTrainedModel` in eval mode, with eager attention (what onnxruntime's
     transformer optimizer fuses, and what `attentions` outputs need). Raises ModelLoadError on any failure."""
     import torch
@@ -97,7 +97,7 @@ def load_backbone(source: ModelSource) -> Any:
         model, info = AutoModel.from_pretrained(
             source.path,
             local_files_only=True,
-            attn_implementation="eager",
+            attn_implementation=attn_implementation,
             dtype=torch.float32,
             output_loading_info=True,
         )
