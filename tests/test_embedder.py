@@ -1,0 +1,159 @@
+"""The Embedder, `poolx embed --input/--output` and `poolx bench`, on real exports and the real onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from poolx.cli import app
+from poolx.errors import ProviderUnavailableError, UsageError
+from poolx.exporter.onnx import export
+from poolx.exporter.texts import VERIFY_TEXTS
+from poolx.runtime.embedder import Embedder, choose_provider, run_bound, tensorrt_options
+from poolx.runtime.session import create_session
+from poolx.textio import read_embeddings
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("embedder") / "bert-mean"
+    export(str(tiny_models["bert"]), out, pooling="mean", max_length=64)
+    return out
+
+
+def one_by_one(directory, texts):
+    embedder = Embedder(directory, "cpu")
+    session = create_session(directory / "model.onnx")
+    return np.concatenate([session.run(["sentence_embedding"], embedder.text_encoder([t]))[0] for t in texts])
+
+
+def test_embed_matches_the_graph_text_by_text_in_the_callers_order(exported):
+    texts = list(VERIFY_TEXTS) * 3
+    expected = one_by_one(exported, texts)
+    embedder = Embedder(exported, "auto")
+    assert embedder.provider == "cpu"  # no CUDA here: auto says what it chose
+    for batch_size in (1, 4, 32):
+        got = embedder.embed(texts, batch_size=batch_size)
+        assert got.dtype == np.float32 and got.shape == (len(texts), embedder.width)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    normalized = embedder.embed(texts, normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, rtol=1e-5)
+    assert embedder.embed([]).shape == (0, embedder.width)
+
+
+def test_batches_are_length_sorted_and_within_the_token_budget(exported):
+    embedder = Embedder(exported, "cpu", max_tokens=100)
+    lengths = [5, 60, 7, 30, 30, 2, 64, 11]
+    plan = embedder.plan(lengths, batch_size=3)
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in plan for i in b]
+    assert flat == sorted(flat, reverse=True)
+    assert all(len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1 for b in plan)
+
+
+def test_truncation_is_counted_and_said_once(exported):
+    embedder = Embedder(exported, "cpu")
+    long = VERIFY_TEXTS[-1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embedder.embed([long, "short", long])
+        embedder.embed([long])
+    assert embedder.truncated == 3
+    assert len([w for w in caught if "truncated" in str(w.message)]) == 1
+
+
+def test_providers_that_cannot_run_are_errors_not_a_cpu_run(exported, tiny_models, tmp_path):
+    for provider in ("cuda", "tensorrt"):
+        with pytest.raises(ProviderUnavailableError, match="onnxruntime-gpu"):
+            Embedder(exported, provider)
+    with pytest.raises(UsageError, match="unknown provider"):
+        Embedder(exported, "gpu")
+    with pytest.raises(ProviderUnavailableError, match="int8 graph runs on the CPU only"):
+        choose_provider("cuda", "int8")
+    assert choose_provider("auto", "int8") == "cpu"
+
+
+def test_io_binding_path_gives_the_same_numbers(exported):
+    embedder = Embedder(exported, "cpu")
+    feeds = embedder.text_encoder(list(VERIFY_TEXTS[:6]))
+    plain = embedder.session.run(["sentence_embedding"], feeds)[0]
+    np.testing.assert_array_equal(run_bound(embedder.session, feeds, "sentence_embedding", "cpu"), plain)
+
+
+def test_tensorrt_options_follow_the_manifest(exported, tmp_path):
+    from poolx.manifest import Manifest
+
+    manifest = Manifest.read(exported)
+    opts = tensorrt_options(manifest, tmp_path / "cache", fp16=True)
+    assert opts["trt_fp16_enable"] == "True" and opts["trt_engine_cache_enable"] == "True"
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "cache")
+    assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1,token_type_ids:1x1"
+    assert opts["trt_profile_opt_shapes"].startswith("input_ids:32x64,")  # clipped to max_length 64
+    assert opts["trt_profile_max_shapes"] == "input_ids:256x64,attention_mask:256x64,token_type_ids:256x64"
+
+
+def test_embed_file_to_npy_parquet_and_jsonl(exported, tmp_path):
+    texts = [t.replace("\n", " ") for t in VERIFY_TEXTS]
+    expected = one_by_one(exported, texts)
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    with open(tmp_path / "in.jsonl", "w", encoding="utf-8") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"doc-{i}", "body": t}) + "\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["embed", str(exported), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "v.npy"),
+                                 "--provider", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "truncated" in result.output  # said once
+    ids, vectors = read_embeddings(tmp_path / "v.npy")
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    for suffix in ("parquet", "jsonl"):
+        out = tmp_path / f"v.{suffix}"
+        result = runner.invoke(app, ["embed", str(exported), "-i", str(tmp_path / "in.jsonl"), "-o", str(out),
+                                     "--column", "body", "--id-column", "id", "--batch-size", "5"])
+        assert result.exit_code == 0, result.output
+        ids, vectors = read_embeddings(out)
+        assert ids == [f"doc-{i}" for i in range(len(texts))]
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("content,args,message", [
+    (b"", [], "has no texts"),
+    (b"fine\n\xff\xfe bad\n", [], "not UTF-8"),
+    (b'{"text": "x"}\n', ["--column", "body"], "no field 'body'"),
+])
+def test_embed_file_bad_input_is_one_line_and_no_output(exported, tmp_path, content, args, message):
+    src = tmp_path / ("in.jsonl" if b"{" in content else "in.txt")
+    src.write_bytes(content)
+    result = CliRunner().invoke(app, ["embed", str(exported), "-i", str(src), "-o", str(tmp_path / "o.npy"), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_embed_refuses_existing_output_and_half_given_options(exported, tmp_path):
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    (tmp_path / "o.npy").write_bytes(b"keep")
+    runner = CliRunner()
+    result = runner.invoke(app, ["embed", str(exported), "-i", str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (tmp_path / "o.npy").read_bytes() == b"keep"
+    assert runner.invoke(app, ["embed", str(exported), "-i", str(tmp_path / "in.txt")]).exit_code == 2
+    assert runner.invoke(app, ["embed", str(exported)]).exit_code == 2
+    result = runner.invoke(app, ["embed", str(exported), "x", "--provider", "cuda"])
+    assert result.exit_code == 2 and "CUDAExecutionProvider" in result.output
+
+
+def test_bench_times_eager_and_every_cpu_variant(exported, tmp_path):
+    result = CliRunner().invoke(app, ["bench", str(exported), "--batch-sizes", "2", "--lengths", "8",
+                                      "--seconds", "0.05", "--threads", "1", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "b" / "bench.json").read_text())
+    names = [c["candidate"] for c in data["cells"]]
+    assert names == ["eager fp32", "poolx fp32", "poolx fp32-optimized", "poolx int8"]
+    for cell in data["cells"]:
+        assert cell["tokens_per_s"] > 0 and cell["p50_ms"] <= cell["p99_ms"] and cell["speedup"] > 0
+        assert cell["min_cosine"] > (0.99 if "int8" in cell["candidate"] else 0.99999)
+    assert (tmp_path / "b" / "bench.png").stat().st_size > 1000

@@ -1,0 +1,142 @@
+"""Export variants through the real exporter, optimizer, quantizer and onnxruntime: fused op counts per
+architecture, fp16 with a float32 pooler, int8 within its cosine bound, and the combinations that are refused."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ARCHITECTURES
+from poolx.cli import app
+from poolx.errors import ParityError, UsageError
+from poolx.exporter.compare import Tolerance
+from poolx.exporter.onnx import export
+from poolx.exporter.optimize import Variant
+from poolx.exporter.verify import verify
+from poolx.manifest import Manifest
+
+L = 4  # layers of the tiny models
+# What onnxruntime's transformer optimizer fuses on poolx's TorchScript graphs. RoBERTa computes position ids from
+# input_ids, so its embedding stays a LayerNormalization; DeBERTa's disentangled attention is not fused.
+EXPECTED_FUSIONS = {
+    "bert": {"EmbedLayerNormalization": 1, "Attention": L, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
+    "roberta": {"LayerNormalization": 1, "Attention": L, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
+    "distilbert": {"EmbedLayerNormalization": 1, "Attention": L, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
+    "deberta-v2": {"LayerNormalization": 1, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
+}
+
+
+def ops(path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_optimize_fuses_the_expected_ops_and_verifies(arch, tiny_models, tmp_path):
+    result = export(str(tiny_models[arch]), tmp_path / "e", pooling="mean", optimize=True)
+    graph = result.manifest.graph
+    assert graph["fusions"] == EXPECTED_FUSIONS[arch]
+    assert (graph["precision"], graph["optimized"], graph["target"]) == ("fp32", True, "cpu")
+    counts = ops(tmp_path / "e" / "model.onnx")
+    for op, n in EXPECTED_FUSIONS[arch].items():
+        assert counts[op] == n
+    report = verify(tmp_path / "e")
+    assert report.variant == "fp32 optimized for cpu"
+    assert report.outputs[0].atol == 1e-4 and report.outputs[0].max_abs < 1e-4  # held to the fp32 bound
+
+
+def test_optimized_graph_keeps_hidden_states_output(tiny_models, tmp_path):
+    export(str(tiny_models["bert"]), tmp_path / "e", pooling="weighted", layer_start=1, optimize=True,
+           raw_outputs=["hidden_states"])
+    assert verify(tmp_path / "e").passed
+
+
+def test_fp16_keeps_io_and_pooler_in_float32_and_passes_its_cosine_bound(tiny_models, tmp_path):
+    result = export(str(tiny_models["bert"]), tmp_path / "e", pooling="mean", num_labels=2, precision="fp16")
+    graph = result.manifest.graph
+    assert (graph["precision"], graph["optimized"], graph["target"]) == ("fp16", True, "cuda")
+    model = onnx.load(str(tmp_path / "e" / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)  # the backbone is fp16
+    for value in [*model.graph.input, *model.graph.output]:
+        assert value.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.FLOAT)
+    pooler_weights = {i for n in model.graph.node if n.name.startswith(("/pooler/", "/head/")) for i in n.input}
+    for t in model.graph.initializer:
+        if t.name in pooler_weights:
+            assert t.data_type != onnx.TensorProto.FLOAT16, t.name
+    inferred = onnx.shape_inference.infer_shapes(model)
+    pooler_outputs = {o for n in model.graph.node if n.name.startswith("/pooler/") for o in n.output}
+    typed = [v for v in inferred.graph.value_info if v.name in pooler_outputs]
+    assert typed and all(v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for v in typed)
+    report = verify(tmp_path / "e")  # onnxruntime's CPU kernels run the fp16 graph here
+    assert report.variant == "fp16 optimized for cuda"
+    assert all(o.cosine_bound == 0.999 and o.atol is None and o.min_cosine > 0.999 for o in report.outputs)
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+def test_int8_quantizes_the_backbone_matmuls_and_stays_within_its_bound(arch, tiny_models, tmp_path):
+    result = export(str(tiny_models[arch]), tmp_path / "e", pooling="attention")
+    base = ops(tmp_path / "e" / "model.onnx")
+    result = export(str(tiny_models[arch]), tmp_path / "q", pooling="attention", precision="int8")
+    q = result.manifest.graph["quantization"]
+    assert q["calibration_min_cosine"] >= 0.995 and q["calibration_texts"] > 40
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    assert counts["MatMulInteger"] == q["quantized_matmuls"] > 0
+    pooler_matmuls = [n for n in model.graph.node if n.name.startswith("/pooler/") and n.op_type == "MatMul"]
+    assert pooler_matmuls and len(pooler_matmuls) == sum(
+        1 for n in onnx.load(str(tmp_path / "e" / "model.onnx")).graph.node
+        if n.name.startswith("/pooler/") and n.op_type == "MatMul"
+    )  # the attention pooler's own MatMuls stay float32
+    assert base["MatMul"] > counts["MatMul"]
+    report = verify(tmp_path / "q")
+    assert report.variant == "int8 for cpu" and report.outputs[0].min_cosine >= 0.99
+
+
+def test_int8_verify_fails_loudly_outside_its_bound(tiny_models, tmp_path):
+    export(str(tiny_models["bert"]), tmp_path / "q", pooling="mean", precision="int8")
+    with pytest.raises(ParityError):
+        verify(tmp_path / "q", tolerance=Tolerance.for_precision("int8", atol=1e-6))  # int8 is not elementwise-exact
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "q"), "--min-cosine", "0.9999999999"])
+    assert result.exit_code == 1
+
+
+@pytest.mark.slow
+def test_minilm_int8_min_cosine_at_least_099(minilm, tmp_path):
+    result = export(None, tmp_path / "q", pooling="mean", precision="int8")
+    report = verify(tmp_path / "q")
+    assert report.outputs[0].min_cosine >= 0.99
+    assert result.manifest.graph["quantization"]["alpha"] is not None  # plain int8 is not enough on MiniLM
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"precision": "fp16", "target": "cpu"}, "fp16 graphs are for --target cuda"),
+    ({"precision": "int8", "target": "cuda"}, "int8 graphs are for --target cpu"),
+    ({"precision": "bf16"}, "unknown precision"),
+    ({"target": "tpu"}, "unknown target"),
+    ({"optimize": True, "raw_outputs": ["attentions"]}, "attention probabilities"),
+])
+def test_refused_combinations(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        Variant.resolve(**kwargs)
+
+
+def test_cli_refuses_bad_variants_before_writing(tmp_path):
+    runner = CliRunner()
+    for args in (["--precision", "fp16", "--target", "cpu"], ["--optimize", "--outputs", "attentions"],
+                 ["--calibration", str(tmp_path / "c.txt")]):
+        result = runner.invoke(app, ["export", "-o", str(tmp_path / "out"), *args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert not (tmp_path / "out").exists()
+
+
+def test_int8_calibration_file_is_used(tiny_models, tmp_path):
+    texts = tmp_path / "domain.txt"
+    texts.write_text("\n".join(f"ticket {i}: the printer on floor {i % 5} is out of toner again" for i in range(30)))
+    result = CliRunner().invoke(app, ["export", str(tiny_models["bert"]), "-o", str(tmp_path / "q"),
+                                       "--precision", "int8", "--calibration", str(texts)])
+    assert result.exit_code == 0, result.output
+    assert Manifest.read(tmp_path / "q").graph["quantization"]["calibration_texts"] == 30
