@@ -157,3 +157,35 @@ def test_bench_times_eager_and_every_cpu_variant(exported, tmp_path):
         assert cell["tokens_per_s"] > 0 and cell["p50_ms"] <= cell["p99_ms"] and cell["speedup"] > 0
         assert cell["min_cosine"] > (0.99 if "int8" in cell["candidate"] else 0.99999)
     assert (tmp_path / "b" / "bench.png").stat().st_size > 1000
+
+
+def test_bench_reuses_the_exports_trained_pooler(tiny_models, tmp_path):
+    out = tmp_path / "attn"
+    export(str(tiny_models["bert"]), out, pooling="attention", seed=7)  # freshly initialised with another seed
+    from poolx.bench import run_bench
+
+    report = run_bench(out, batch_sizes=[2], lengths=[8], seconds=0.02, providers=["cpu"])
+    fp32 = [c for c in report.cells if c.candidate in ("poolx fp32", "poolx fp32-optimized")]
+    assert len(fp32) == 2 and all(c.min_cosine > 0.99999 and c.max_abs < 1e-4 for c in fp32)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--provider", "cuda"], "CUDAExecutionProvider"),
+    (["--batch-sizes", "0"], "at least 1"),
+    (["--lengths", "1000"], "beyond this export's max_length"),
+    (["--lengths", "a,b"], "comma-separated integers"),
+])
+def test_bench_bad_usage_is_one_line(exported, tmp_path, args, message):
+    result = CliRunner().invoke(app, ["bench", str(exported), "--out", str(tmp_path / "b"), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_tensorrt_takes_only_the_plain_graph_and_ids_need_a_table_output(tiny_models, exported, tmp_path):
+    export(str(tiny_models["bert"]), tmp_path / "opt", pooling="mean", optimize=True)
+    with pytest.raises(UsageError, match="TensorRT takes the plain fp32 export"):
+        Embedder(tmp_path / "opt", "tensorrt")
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "text": "a"}\n')
+    result = CliRunner().invoke(app, ["embed", str(exported), "-i", str(tmp_path / "in.jsonl"),
+                                      "-o", str(tmp_path / "o.npy"), "--id-column", "id"])
+    assert result.exit_code == 2 and "--id-column needs" in result.output

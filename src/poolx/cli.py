@@ -79,9 +79,9 @@ def _int_list(value: Optional[str], what: str) -> Optional[list[int]]:
     try:
         items = [int(v) for v in value.replace(" ", ",").split(",") if v]
     except ValueError:
-        raise UsageError(f"{what} must be comma-separated integers such as -1,-2,-3,-4, got {value!r}") from None
+        raise UsageError(f"{what} must be comma-separated integers, got {value!r}") from None
     if not items:
-        raise UsageError(f"{what} must list at least one layer")
+        raise UsageError(f"{what} must list at least one number")
     return items
 
 
@@ -175,7 +175,9 @@ def verify(
     min_cosine: Annotated[Optional[float], typer.Option(
         help="Least row-wise cosine against eager fp32. Default: none for fp32, 0.999 for fp16, 0.99 for int8.",
         show_default=False)] = None,
-    provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu, cuda or tensorrt.")] = "cpu",
+    provider: Annotated[Optional[str], typer.Option(
+        help="onnxruntime provider: cpu, cuda or tensorrt. Default: the graph's target (cuda for fp16) when "
+        "available, else cpu.", show_default=False)] = None,
     texts: Annotated[Optional[Path], typer.Option(
         help=f"Also verify on your own texts: a UTF-8 file, one text per line (the first {MAX_USER_TEXTS} "
         "non-blank lines are used).")] = None,
@@ -229,12 +231,15 @@ def _read_texts(path: Path, option: str, limit: int | None = MAX_USER_TEXTS) -> 
 
 def _print_report(report: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False, width=max(Console().width, 120))  # pipes get 80 columns otherwise
     for check in report.checks:
         mark = "[green]ok[/]" if check.passed else "[bold red]FAIL[/]"
         console.print(f"{mark}  {check.name}: {check.detail}")
+    for note in report.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
     if not report.shapes:
         console.print("[bold red]failed[/]: nothing compared")
         return
@@ -251,6 +256,7 @@ def _print_report(report: Any) -> None:
             " and ".join(
                 ([f"atol {o.atol:g}, rtol {o.rtol:g}"] if o.atol is not None else [])
                 + ([f"cosine >= {o.cosine_bound:g}"] if o.cosine_bound is not None else [])
+                + ([f"rel L2 {o.rel_l2:.3f} <= {o.rel_l2_bound:g}"] if o.rel_l2_bound is not None else [])
             ), "[green]pass[/]" if o.passed else f"[bold red]FAIL[/] ({o.worst_case})",
         )
     console.print(table)
@@ -325,6 +331,8 @@ def embed(
 
         if output:
             textio.check_output(output, force, input_path=input)
+            if id_column and output.suffix.lower() == ".npy":
+                raise UsageError("--id-column needs a .parquet or .jsonl output (.npy holds only the vectors, in input order)")
             corpus = textio.read_corpus(input, column=column, id_column=id_column)
         from poolx.runtime.embedder import Embedder
 
@@ -408,6 +416,8 @@ def bench(
         bad = [p for p in provider or [] if p not in ("cpu", "cuda")]
         if bad:
             raise UsageError(f"--provider {bad[0]!r}: bench runs cpu and cuda")
+        if seconds <= 0:
+            raise UsageError(f"--seconds must be positive, got {seconds}")
         if directory is not None:
             from poolx.manifest import Manifest
 

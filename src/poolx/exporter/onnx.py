@@ -157,7 +157,7 @@ def export(
             pooling={
                 "name": encoder.pooler.name, "options": encoder.pooler.config(),
                 "output_dim": encoder.pooler.output_dim, "num_labels": encoder.num_labels,
-                "weights": POOLER_WEIGHTS if head_state else None,
+                "weights": POOLER_WEIGHTS if head_state else None, "seed": seed,
             },
             graph={"file": GRAPH_FILE, "opset": opset, "exporter": "torchscript", "external_data": None,
                    "attention": "eager"},

@@ -41,6 +41,8 @@ class Variant:
             raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if target is not None and target not in TARGETS:
             raise UsageError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+        if target is not None and precision == "fp32" and not optimize:
+            raise UsageError("--target only changes an --optimize or --precision fp16/int8 export; add --optimize")
         if precision == "fp16":
             if target == "cpu":
                 raise UsageError("fp16 graphs are for --target cuda (onnxruntime's CPU kernels are fp32); use fp32 or int8 on the CPU")

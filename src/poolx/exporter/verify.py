@@ -4,7 +4,7 @@ on real text, over a grid of batch sizes and lengths (none of them the export ex
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +36,7 @@ class VerifyReport:
     seconds: float = 0.0
     provider: str = "cpu"
     variant: str = "fp32"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -47,6 +48,7 @@ class VerifyReport:
             "passed": self.passed,
             "provider": self.provider,
             "variant": self.variant,
+            "notes": self.notes,
             "seconds": round(self.seconds, 3),
             "checks": [c.__dict__ for c in self.checks],
             "outputs": [o.to_json() for o in self.outputs],
@@ -182,10 +184,11 @@ def compare_outputs(
 
 
 def verify(
-    directory: str | Path, *, source: str | None = None, tolerance: Tolerance | None = None, provider: str = "cpu",
+    directory: str | Path, *, source: str | None = None, tolerance: Tolerance | None = None, provider: str | None = None,
     texts: Sequence[str] = VERIFY_TEXTS, raise_on_failure: bool = True,
 ) -> VerifyReport:
-    """Verify an export directory. Raises BrokenExportError when the directory is broken (missing files, a
+    """Verify an export directory on `provider` (default: the graph's target when this onnxruntime can run it, else
+    the CPU, said in the report's notes). Raises BrokenExportError when the directory is broken (missing files, a
     checksum mismatch, an unreadable graph) and, unless raise_on_failure is False, ParityError when any check
     or comparison fails; the report is on the error (`err.report`)."""
     from poolx.runtime.session import create_session
@@ -202,6 +205,7 @@ def verify(
         return _finish(VerifyReport(str(directory), [], checks, [], time.perf_counter() - start, provider), raise_on_failure)
     text_encoder = TextEncoder(directory, manifest)
     checks.append(check_tokenizer(directory, manifest, text_encoder, texts))
+    provider, notes = verify_provider(manifest, provider)
     encoder = rebuild_encoder(manifest, directory, source)
     session = create_session(graph, provider)
     plan = cases(texts, text_encoder.lengths(texts), manifest.max_length)
@@ -210,7 +214,28 @@ def verify(
     )
     report = VerifyReport(str(directory), outputs, checks, shapes, time.perf_counter() - start, provider)
     report.variant = variant_label(manifest)
+    report.notes = notes
     return _finish(report, raise_on_failure)
+
+
+def verify_provider(manifest: Manifest, provider: str | None) -> tuple[str, list[str]]:
+    """The provider to compare on, with the same refusals as the Embedder (no int8 graph on CUDA, TensorRT only
+    for the plain graph), and a note when the graph's target could not be used."""
+    from poolx.runtime.embedder import choose_provider
+    from poolx.runtime.providers import import_onnxruntime
+
+    optimized = bool(manifest.graph.get("optimized"))
+    if provider is not None:
+        return choose_provider(provider, precision(manifest), optimized), []
+    target = str(manifest.graph.get("target", "cpu"))
+    if target == "cuda":
+        if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
+            return "cuda", []
+        return "cpu", [
+            "this graph targets CUDA, which this onnxruntime cannot run here: it was checked on the CPU, so its "
+            "CUDA numbers are not verified; run `poolx verify --provider cuda` on a GPU machine"
+        ]
+    return "cpu", []
 
 
 def precision(manifest: Manifest) -> str:

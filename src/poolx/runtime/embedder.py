@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from poolx.errors import ProviderUnavailableError, UsageError
+from poolx.errors import PoolxError, ProviderUnavailableError, UsageError
 from poolx.manifest import Manifest
 from poolx.runtime.providers import PROVIDERS, import_onnxruntime
 from poolx.runtime.session import create_session
@@ -24,16 +24,24 @@ from poolx.runtime.tokenizer import TextEncoder
 from poolx.spec import EMBEDDING
 
 DEFAULT_BATCH = 32
+DEFAULT_MAX_TOKENS = 16384  # padded tokens per batch: bounds memory when batch_size × max_length is large
 OPT_BATCH, OPT_LENGTH = 32, 128  # the TensorRT profile's optimum shape (clipped to the model's limits)
 MAX_BATCH = 256  # the TensorRT profile's largest batch
+
+
+class RuntimeFailure(PoolxError):
+    """onnxruntime failed while running a batch (out of memory, a shape TensorRT's profile does not cover)."""
+
+    exit_code = 1
 
 
 class Embedder:
     """Embeds texts with the export in `directory`.
 
     provider: "auto" (CUDA when onnxruntime-gpu can run it and the graph is not int8, else CPU; the choice is in
-    `.provider`), "cpu", "cuda" or "tensorrt". threads: CPU intra-op threads (default: onnxruntime's). max_tokens:
-    padded tokens per batch (default batch_size × max_length). trt_cache: TensorRT engine cache directory
+    `.provider`; if onnxruntime-gpu is installed but cannot start CUDA here, auto says so in a warning and runs on
+    the CPU), "cpu", "cuda" or "tensorrt" (the plain fp32 export only). threads: CPU intra-op threads (default:
+    onnxruntime's). max_tokens: padded tokens per batch (default 16384). trt_cache: TensorRT engine cache directory
     (default ~/.cache/poolx/tensorrt/<graph sha256 prefix>). trt_fp16: let TensorRT build fp16 kernels (default on).
     """
 
@@ -47,15 +55,26 @@ class Embedder:
         if check_files:
             self.manifest.check_files(self.directory)
         self.precision = str(self.manifest.graph.get("precision", "fp32"))
-        self.provider = choose_provider(provider, self.precision)
+        self.provider = choose_provider(provider, self.precision, bool(self.manifest.graph.get("optimized")))
         self.device_id = device_id
-        self.max_tokens = max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise UsageError(f"max_tokens must be at least 1, got {max_tokens}")
+        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS
         graph = self.directory / self.manifest.graph_file
         options: dict[str, dict[str, Any]] = {"CUDAExecutionProvider": {"device_id": str(device_id)}}
         if self.provider == "tensorrt":
             cache = Path(trt_cache) if trt_cache else default_trt_cache(self.manifest)
             options["TensorrtExecutionProvider"] = tensorrt_options(self.manifest, cache, fp16=trt_fp16, device_id=device_id)
-        self.session = create_session(graph, self.provider, threads, options)
+        try:
+            self.session = create_session(graph, self.provider, threads, options)
+        except ProviderUnavailableError as e:
+            if provider != "auto":
+                raise
+            warnings.warn(f"auto: {e}; running on the CPU", stacklevel=2)
+            self.provider = "cpu"
+            self.session = create_session(graph, "cpu", threads)
+        if self.precision == "fp16" and self.provider == "cpu":
+            warnings.warn("this fp16 graph is built for CUDA; on the CPU onnxruntime runs it slowly", stacklevel=2)
         self.text_encoder = TextEncoder(self.directory, self.manifest)
         self.max_length = self.text_encoder.max_length
         self.width = int(self.manifest.pooling["output_dim"])
@@ -93,9 +112,11 @@ class Embedder:
         return out
 
     def plan(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-        """Batches of text indices, longest texts first, each at most batch_size texts and max_tokens padded
-        tokens (a batch is padded to its longest text)."""
-        budget = self.max_tokens or batch_size * self.max_length
+        """Batches of text indices, longest texts first, each at most batch_size texts (and at most the TensorRT
+        profile's largest batch) and max_tokens padded tokens (a batch is padded to its longest text)."""
+        budget = self.max_tokens
+        if self.provider == "tensorrt":
+            batch_size = min(batch_size, MAX_BATCH)
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         current: list[int] = []
@@ -109,9 +130,14 @@ class Embedder:
         return batches
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        if self.provider == "cpu":
-            return self.session.run([EMBEDDING], feeds)[0]
-        return run_bound(self.session, feeds, EMBEDDING, "cuda", self.device_id)
+        try:
+            if self.provider == "cpu":
+                return self.session.run([EMBEDDING], feeds)[0]
+            return run_bound(self.session, feeds, EMBEDDING, "cuda", self.device_id)
+        except Exception as e:  # onnxruntime's Fail/RuntimeException/...: out of memory, a shape outside a profile
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            shape = "x".join(str(d) for d in feeds["input_ids"].shape)
+            raise RuntimeFailure(f"onnxruntime failed on a batch of {shape} tokens on {self.provider}: {first}") from None
 
     def _count_truncated(self, encodings: Sequence[Any]) -> None:
         cut = sum(1 for e in encodings if e.overflowing)
@@ -124,11 +150,18 @@ class Embedder:
             )
 
 
-def choose_provider(provider: str, precision: str) -> str:
-    """The provider an Embedder runs on: "auto" resolved, and combinations that would silently run elsewhere
-    refused (onnxruntime's CUDA provider has no int8 MatMul kernels, so an int8 graph would fall back to the CPU)."""
+def choose_provider(provider: str, precision: str, optimized: bool = False) -> str:
+    """The provider a graph runs on: "auto" resolved, and combinations that would silently run elsewhere refused:
+    onnxruntime's CUDA provider has no int8 MatMul kernels (an int8 graph would fall back to the CPU), and TensorRT
+    takes the plain fp32 export only (it fuses and runs fp16 itself; onnxruntime's fused contrib ops would split the
+    graph, and explicit shape profiles then fail on the pieces' inputs)."""
     if provider not in ("auto", *PROVIDERS):
         raise UsageError(f"unknown provider {provider!r}; choose auto, {', '.join(PROVIDERS)}")
+    if provider == "tensorrt" and (optimized or precision != "fp32"):
+        raise UsageError(
+            "TensorRT takes the plain fp32 export (it fuses and builds fp16 engines itself); export without "
+            "--optimize/--precision for it, or use --provider cuda for this graph"
+        )
     if provider == "auto":
         available = import_onnxruntime().get_available_providers()
         return "cuda" if "CUDAExecutionProvider" in available and precision != "int8" else "cpu"

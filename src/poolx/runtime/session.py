@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from poolx.errors import BrokenExportError
+from poolx.errors import BrokenExportError, ProviderUnavailableError
 from poolx.runtime.providers import check_active, import_onnxruntime, resolve
 
 
@@ -24,8 +24,10 @@ def create_session(
         options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
-    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, InvalidProtobuf)
+    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, InvalidProtobuf, EPFail)
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if provider != "cpu":  # the provider (TensorRT engine build, CUDA libraries) failed, not the file
+            raise ProviderUnavailableError(f"onnxruntime could not start {graph} on {provider}: {first}") from None
         raise BrokenExportError(f"onnxruntime cannot load {graph}: {first}; re-export it") from None
     check_active(session, provider)
     return session
