@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--optimize", action="store_true", help="export both graphs with --optimize (fused)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="export both graphs at this precision")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="poolx-wk-bench-"))
@@ -52,8 +53,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, work: Path) -> None:
     export(None, work / "wk", pooling="wk", layer_start=args.layer_start, window=args.window, max_length=args.length,
-           optimize=args.optimize)
-    export(None, work / "mean", pooling="mean", max_length=args.length, optimize=args.optimize)
+           optimize=args.optimize, precision=args.precision)
+    export(None, work / "mean", pooling="mean", max_length=args.length, optimize=args.optimize, precision=args.precision)
     manifest = Manifest.read(work / "wk")
     # real text: long passages truncated to `length` tokens (so the rows are full), plus one short padded row
     texts = [" ".join(VERIFY_TEXTS[3 + (i % 17) :]) for i in range(args.batch - 1)] + [VERIFY_TEXTS[4]]
@@ -95,6 +96,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 t = time.perf_counter()
                 fn()
                 runs[name].append(time.perf_counter() - t)
+        graph_out = torch.from_numpy(wk_session.run(None, feeds)[0]).double()
+        notebook_out = notebook_path().double()
+        agreement = torch.nn.functional.cosine_similarity(graph_out, notebook_out, dim=1).min().item()
     med = {name: statistics.median(v) for name, v in runs.items()}
     names = list(candidates)
     ratio = lambda a, b: med[names[a]] / med[names[b]]  # noqa: E731
@@ -102,13 +106,14 @@ def run(args: argparse.Namespace, work: Path) -> None:
     k = 7 - args.layer_start
     print(f"MiniLM, batch {args.batch} x {args.length} ({tokens} real tokens), wk layer_start {args.layer_start} "
           f"(K={k} layers), window {args.window}, {args.threads} threads, torch {torch.__version__}"
-          f"{', fused graphs (--optimize)' if args.optimize else ''}")
+          f"{', fused graphs (--optimize)' if args.optimize else ''}, {args.precision} graphs")
     for name in names:
         print(f"  {name:48} {med[name] * 1000:9.1f} ms  (min {min(runs[name]) * 1000:.1f})")
     print(f"wk graph vs notebook path:       {ratio(2, 0):6.1f}x faster (target >= 5x; ratio of medians)")
     print(f"wk pooler vs notebook loop:      {ratio(4, 5):6.1f}x faster (target >= 50x)")
     print(f"wk graph / mean graph:           {ratio(0, 1):6.2f}x the cost (target <= 1.3x)")
     print(f"float64 Gram / float32 Gram:     {ratio(5, 6):6.2f}x (pooler alone)")
+    print(f"wk graph vs notebook output:     min cosine {agreement:.6f}")
 
 
 if __name__ == "__main__":
