@@ -439,6 +439,62 @@ def bench(
     _run(body)
 
 
+@app.command()
+def serve(
+    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    provider: Annotated[str, typer.Option(help="auto (CUDA if available, else CPU), cpu, cuda or tensorrt.")] = "auto",
+    api_key: Annotated[Optional[str], typer.Option(
+        help="Require `Authorization: Bearer KEY` (except on /health). Also read from POOLX_API_KEY.",
+        envvar="POOLX_API_KEY", show_default=False)] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="Model name reported by the API (default: the source model's).", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for onnxruntime.", show_default=False)] = None,
+    max_batch_tokens: Annotated[int, typer.Option(help="Real tokens merged from concurrent requests into one model run.")] = 8192,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a model run waits for more requests to merge.")] = 5.0,
+    max_inputs: Annotated[int, typer.Option(help="Texts per request.")] = 2048,
+) -> None:
+    """Serve an export over HTTP: POST /v1/embeddings (OpenAI), POST /embed (text-embeddings-inference), GET
+    /health, /info, /metrics. Concurrent requests are batched together. SIGTERM drains in-flight requests."""
+
+    def body() -> None:
+        from poolx.errors import UsageError
+
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn
+        except ImportError:
+            raise UsageError("poolx serve needs its extra: pip install 'poolx[serve]'") from None
+        if not 0 < port < 65536:
+            raise UsageError(f"--port must be 1..65535, got {port}")
+        if max_batch_tokens < 1 or max_wait_ms < 0 or max_inputs < 1:
+            raise UsageError("--max-batch-tokens and --max-inputs must be positive, --max-wait-ms not negative")
+        from poolx.runtime.embedder import Embedder
+        from poolx.serve.app import Limits, create_app
+
+        embedder = Embedder(directory, provider, threads=threads)
+        limits = Limits(max_inputs=max_inputs, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
+        application = create_app(embedder, model_name=model_name, api_key=api_key, limits=limits)
+        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+            _stderr().print(f"note: listening on {host} without --api-key: anyone who can reach it can use it", markup=False)
+        typer.echo(
+            f"serving {directory} ({embedder.manifest.pooling['name']} pooler, dim {embedder.width}) on "
+            f"{embedder.provider} at http://{host}:{port}  (POST /v1/embeddings, POST /embed, GET /health /info /metrics)"
+        )
+        config = uvicorn.Config(
+            application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, access_log=False,
+        )
+        server = uvicorn.Server(config)
+        try:
+            server.run()
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        if not server.started:
+            raise UsageError(f"could not start the server on {host}:{port} (is the port in use?)")
+
+    _run(body)
+
+
 def main() -> None:
     app()
 

@@ -90,17 +90,24 @@ class Embedder:
         special tokens). `progress(n)` is called after each batch with the number of texts it held."""
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not one string; wrap it: embed([text])")
-        if batch_size < 1:
-            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         texts = list(texts)
-        out = np.empty((len(texts), self.width), dtype=np.float32)
-        if not texts:
-            return out
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise UsageError(f"text {bad} is a {type(texts[bad]).__name__}, not a string")
-        encodings = self.text_encoder.encode(texts)
+        encodings = self.text_encoder.encode(texts) if texts else []
         self._count_truncated(encodings)
+        return self.embed_encoded(encodings, batch_size, normalize, progress)
+
+    def embed_encoded(
+        self, encodings: Sequence[Any], batch_size: int = DEFAULT_BATCH, normalize: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """`embed` for texts already tokenized with `.text_encoder.encode` (a server tokenizes as requests arrive)."""
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        out = np.empty((len(encodings), self.width), dtype=np.float32)
+        if not len(encodings):
+            return out
         for rows in self.plan([len(e.ids) for e in encodings], batch_size):
             feeds = self.text_encoder.arrays([encodings[i] for i in rows])
             out[rows] = self._run(feeds)

@@ -1,0 +1,260 @@
+"""The HTTP API over an Embedder: OpenAI's `POST /v1/embeddings`, text-embeddings-inference's `POST /embed`,
+`GET /health`, `GET /info` and `GET /metrics` (Prometheus).
+
+Every request is validated before it reaches the model; whatever a client sends gets a 2xx or a 4xx with a JSON
+error (OpenAI's error shape under /v1, TEI's elsewhere). Texts are tokenized on a worker thread as requests
+arrive, then merged across requests by the `Batcher`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from poolx.serve.batcher import Batcher
+from poolx.serve.metrics import Metrics
+
+
+@dataclass
+class Limits:
+    max_inputs: int = 2048  # texts per request (OpenAI's limit)
+    max_chars: int = 100_000  # characters per text
+    max_total_chars: int = 2_000_000  # characters per request
+    max_body_bytes: int = 8 * 1024 * 1024  # request body (413 beyond it)
+    max_batch_tokens: int = 8192  # real tokens merged into one model run
+    max_wait_ms: float = 5.0  # how long the batcher waits for more requests
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | None = None, limits: Limits | None = None) -> Any:
+    """A FastAPI app serving `embedder` (a poolx Embedder or anything with its interface)."""
+    limits = limits or Limits()
+    name = model_name or embedder.manifest.source["name"]
+    metrics = Metrics()
+    text_encoder = embedder.text_encoder
+    max_length = embedder.max_length
+    state: dict[str, Any] = {}
+
+    def run_model(encodings: Any) -> np.ndarray:
+        return embedder.embed_encoded(encodings, batch_size=64)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        batcher = Batcher(
+            run_model, max_tokens=limits.max_batch_tokens, max_wait=limits.max_wait_ms / 1000, observe=metrics.observe,
+        )
+        batcher.start()
+        state["batcher"] = batcher
+        yield
+        await batcher.close()  # uvicorn has already waited for in-flight requests
+
+    app = FastAPI(title="poolx", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    class OpenAIRequest(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+        model: StrictStr | None = None
+        encoding_format: StrictStr = "float"
+        dimensions: StrictInt | None = None
+        user: StrictStr | None = None
+
+    class EmbedRequest(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        inputs: Union[StrictStr, list[StrictStr]]
+        normalize: StrictBool = True
+        truncate: StrictBool = False
+
+    def error_body(path: str, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> dict:
+        if path.startswith("/v1/"):
+            return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+        return {"error": message, "error_type": kind}
+
+    def error_response(request: Request, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
+        return JSONResponse(error_body(request.url.path, status, message, param, kind), status_code=status)
+
+    @app.exception_handler(ClientError)
+    async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
+        return error_response(request, exc.status, exc.message, exc.param, exc.kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "json_invalid":
+            return error_response(request, 400, "the request body is not valid JSON")
+        where = ".".join(loc) or "body"
+        return error_response(request, 400, f"{where}: {first.get('msg', 'invalid request')}", where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(request, exc.status_code, str(exc.detail))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        path = request.url.path
+        endpoint = path if path in ("/v1/embeddings", "/embed", "/health", "/info", "/metrics") else "other"
+        if api_key and path != "/health":
+            header = request.headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), api_key.encode()):
+                metrics.request(endpoint, 401, time.perf_counter() - start)
+                response = error_response(request, 401, "missing or wrong API key: send Authorization: Bearer <key>", kind="authentication_error")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
+            metrics.request(endpoint, 413, time.perf_counter() - start)
+            return error_response(request, 413, f"the request body is larger than {limits.max_body_bytes} bytes")
+        try:
+            response = await call_next(request)
+        except Exception as e:  # a bug or a model failure: the client gets a JSON 500, the server lives on
+            metrics.request(endpoint, 500, time.perf_counter() - start)
+            return error_response(request, 500, f"internal error: {type(e).__name__}: {e}", kind="server_error")
+        metrics.request(endpoint, response.status_code, time.perf_counter() - start)
+        return response
+
+    async def read_body(request: Request) -> bytes:
+        """The body, refusing chunked bodies that grow past the limit (no Content-Length to check up front)."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise ClientError(413, f"the request body is larger than {limits.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def parse(body: bytes, model: type) -> Any:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as e:
+            first = e.errors()[0]
+            if first.get("type") == "json_invalid":
+                raise ClientError(400, "the request body is not valid JSON") from None
+            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+            raise ClientError(400, f"{where}: {first.get('msg', 'invalid value')}", where) from None
+
+    def check_texts(texts: list[str], param: str) -> None:
+        if not texts:
+            raise ClientError(400, f"{param} is empty; send at least one text", param)
+        if len(texts) > limits.max_inputs:
+            raise ClientError(413, f"{param} holds {len(texts)} texts; at most {limits.max_inputs} per request", param)
+        longest = max(len(t) for t in texts)
+        if longest > limits.max_chars:
+            raise ClientError(413, f"a text has {longest} characters; at most {limits.max_chars}", param)
+        if sum(len(t) for t in texts) > limits.max_total_chars:
+            raise ClientError(413, f"the texts hold more than {limits.max_total_chars} characters in all", param)
+
+    async def embed(texts: list[str], truncate: bool) -> tuple[np.ndarray, int]:
+        encodings = await asyncio.to_thread(text_encoder.encode, texts)
+        cut = [i for i, e in enumerate(encodings) if e.overflowing]
+        if cut and not truncate:
+            raise ClientError(
+                413, f"input {cut[0]} is longer than the model's {max_length} tokens; send truncate=true to cut it",
+                "inputs", "Validation",
+            )
+        metrics.truncated(len(cut))
+        batcher: Batcher = state["batcher"]
+        if batcher.closed:
+            raise ClientError(503, "the server is shutting down", kind="server_error")
+        vectors = await batcher.embed(encodings)
+        return vectors, sum(len(e.ids) for e in encodings)
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(request: Request) -> Response:
+        body = parse(await read_body(request), OpenAIRequest)
+        if isinstance(body.input, str):
+            texts = [body.input]
+        elif body.input and not isinstance(body.input[0], str):
+            raise ClientError(400, "token arrays are not supported as input; send strings", "input")
+        else:
+            texts = list(body.input)
+        if body.encoding_format not in ("float", "base64"):
+            raise ClientError(400, "encoding_format must be 'float' or 'base64'", "encoding_format")
+        if body.dimensions is not None and body.dimensions != embedder.width:
+            raise ClientError(
+                400, f"dimensions is not supported: this model's embeddings have {embedder.width} dimensions",
+                "dimensions",
+            )
+        check_texts(texts, "input")
+        vectors, tokens = await embed(texts, truncate=True)  # over-long texts are cut to max_length (counted in /metrics)
+        if body.encoding_format == "base64":
+            items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            items = vectors
+        data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)]
+        return json_response({
+            "object": "list", "data": data, "model": body.model or name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
+
+    @app.post("/embed")
+    async def tei_embed(request: Request) -> Response:
+        body = parse(await read_body(request), EmbedRequest)
+        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+        check_texts(texts, "inputs")
+        vectors, _ = await embed(texts, truncate=body.truncate)
+        if body.normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return json_response(vectors)
+
+    @app.get("/health")
+    async def health() -> Response:
+        batcher = state.get("batcher")
+        if batcher is None or batcher.closed:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/info")
+    async def info() -> Response:
+        m = embedder.manifest
+        return JSONResponse({
+            "model": name, "pooling": m.pooling["name"], "pooling_options": m.pooling.get("options", {}),
+            "width": embedder.width, "max_length": max_length, "provider": embedder.provider,
+            "precision": m.graph.get("precision", "fp32"), "optimized": bool(m.graph.get("optimized")),
+            "limits": limits.__dict__,
+        })
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def json_response(payload: Any) -> Any:
+    """JSON with numpy arrays written directly (orjson when installed: ~10× faster than json for float lists)."""
+    try:
+        import orjson
+
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+    except ImportError:
+        import json
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, np.ndarray):
+                return value.tolist()
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return value
+
+        return Response(json.dumps(plain(payload)), media_type="application/json")
