@@ -469,6 +469,13 @@ def serve(
             raise UsageError(f"--port must be 1..65535, got {port}")
         if max_batch_tokens < 1 or max_wait_ms < 0 or max_inputs < 1:
             raise UsageError("--max-batch-tokens and --max-inputs must be positive, --max-wait-ms not negative")
+        import socket
+
+        try:  # refuse a busy or unusable address before loading the model
+            with socket.create_server((host, port)):
+                pass
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         from poolx.runtime.embedder import Embedder
         from poolx.serve.app import Limits, create_app
 
@@ -485,12 +492,17 @@ def serve(
             application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, access_log=False,
         )
         server = uvicorn.Server(config)
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn drains, then re-raises the signal it caught to
+            signal.signal(sig, lambda *_: None)  # these no-ops, so a drained server exits 0, not by the signal
         try:
             server.run()
-        except OSError as e:
-            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        except (OSError, SystemExit) as e:  # uvicorn exits(1) when it cannot bind
+            raise UsageError(f"cannot serve on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
         if not server.started:
             raise UsageError(f"could not start the server on {host}:{port} (is the port in use?)")
+        typer.echo("stopped: in-flight requests were answered")
 
     _run(body)
 
