@@ -55,6 +55,19 @@ def test_batches_are_length_sorted_and_within_the_token_budget(exported):
     assert all(len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1 for b in plan)
 
 
+def test_a_batch_ends_where_padding_would_cost_more_than_a_run(exported):
+    embedder = Embedder(exported, "cpu")
+    lengths = [200] + [20] * 10 + [18] * 10
+    plan = embedder.plan(lengths, batch_size=64)
+    assert plan[0] == [0]  # ten texts padded 180 tokens each would cost far more than one more run
+    assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+    assert len(plan) == 2  # 20 vs 18 tokens: 2 tokens × 10 texts is cheaper than a run, so they stay together
+    few = [200] + [20] * 10  # 10 texts × 180 tokens of padding: another run on the CPU, not on a GPU
+    assert len(embedder.plan(few, batch_size=64)) == 2
+    embedder.provider = "cuda"  # a small GPU run is launch-bound, worth thousands of tokens
+    assert len(embedder.plan(few, batch_size=64)) == 1
+
+
 def test_truncation_is_counted_and_said_once(exported):
     embedder = Embedder(exported, "cpu")
     long = VERIFY_TEXTS[-1]

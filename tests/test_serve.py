@@ -225,6 +225,41 @@ def test_batcher_merges_requests_and_a_failing_batch_fails_only_its_requests():
     asyncio.run(main())
 
 
+def test_workers_share_the_queue_run_at_once_and_close_drains_everything():
+    class Enc:
+        def __init__(self, n: int) -> None:
+            self.ids = [0] * n
+
+    active, peak, runs = [0], [0], []
+    lock = threading.Lock()
+
+    def run(encodings):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            runs.append(len(encodings))
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return np.array([[len(e.ids)] for e in encodings], dtype=np.float32)
+
+    async def main() -> None:
+        batcher = Batcher(run, max_tokens=1000, workers=2)
+        jobs = [asyncio.create_task(batcher.embed([Enc(i + 1)])) for i in range(10)]
+        await asyncio.sleep(0)  # all ten queued before a worker looks
+        batcher.start()
+        results = await asyncio.gather(*jobs)
+        assert [r[0, 0] for r in results] == list(range(1, 11))
+        assert sorted(runs) == [5, 5] and peak[0] == 2  # each idle worker took its share, both ran at once
+        runs.clear()
+        late = [asyncio.create_task(batcher.embed([Enc(2)])) for _ in range(7)]
+        await asyncio.sleep(0)
+        await batcher.close()  # everything queued before close is answered
+        assert all(t.done() and t.result()[0, 0] == 2 for t in late) and sum(runs) == 7
+
+    asyncio.run(main())
+
+
 def test_busy_port_and_bad_directory_are_one_line_errors(exported, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]

@@ -449,9 +449,13 @@ def serve(
         help="Require `Authorization: Bearer KEY` (except on /health). Also read from POOLX_API_KEY.",
         envvar="POOLX_API_KEY", show_default=False)] = None,
     model_name: Annotated[Optional[str], typer.Option(help="Model name reported by the API (default: the source model's).", show_default=False)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for onnxruntime.", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads (default: all cores). On the CPU the server runs this many batches at once, one thread "
+             "each.", show_default=False)] = None,
     max_batch_tokens: Annotated[int, typer.Option(help="Real tokens merged from concurrent requests into one model run.")] = 8192,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a model run waits for more requests to merge.")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="How long an idle model waits for more requests before running a lone one (a busy model never "
+             "waits: what queues up during a run is the next batch).")] = 0.0,
     max_inputs: Annotated[int, typer.Option(help="Texts per request.")] = 2048,
 ) -> None:
     """Serve an export over HTTP: POST /v1/embeddings (OpenAI), POST /embed (text-embeddings-inference), GET
@@ -476,11 +480,24 @@ def serve(
                 pass
         except OSError as e:
             raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        from poolx.runtime.embedder import Embedder
+        from poolx.manifest import Manifest
+        from poolx.runtime.embedder import Embedder, choose_provider
         from poolx.serve.app import Limits, create_app
 
-        embedder = Embedder(directory, provider, threads=threads)
-        limits = Limits(max_inputs=max_inputs, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
+        if threads is not None and threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {threads}")
+        cores = threads or os.cpu_count() or 1
+        # On the CPU: `cores` single-threaded runs at once (on small merged batches 1.15-1.2x one multi-threaded
+        # run: benchmarks/RESULTS.md). On a GPU: one run at a time, onnxruntime's default CPU threads.
+        graph = Manifest.read(directory).graph
+        on_cpu = choose_provider(provider, str(graph.get("precision", "fp32")), bool(graph.get("optimized"))) == "cpu"
+        embedder = Embedder(directory, provider, threads=1 if on_cpu else threads, spinning=False)
+        if embedder.provider == "cpu" and not on_cpu:  # auto could not start CUDA (it warned): reopen single-threaded
+            embedder = Embedder(directory, "cpu", threads=1, spinning=False)
+        workers = cores if embedder.provider == "cpu" else 1
+        limits = Limits(
+            max_inputs=max_inputs, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, workers=workers,
+        )
         application = create_app(embedder, model_name=model_name, api_key=api_key, limits=limits)
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             _stderr().print(f"note: listening on {host} without --api-key: anyone who can reach it can use it", markup=False)

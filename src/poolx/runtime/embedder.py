@@ -27,6 +27,9 @@ DEFAULT_BATCH = 32
 DEFAULT_MAX_TOKENS = 16384  # padded tokens per batch: bounds memory when batch_size × max_length is large
 OPT_BATCH, OPT_LENGTH = 32, 128  # the TensorRT profile's optimum shape (clipped to the model's limits)
 MAX_BATCH = 256  # the TensorRT profile's largest batch
+# What one more model run costs, in padded tokens (measured with MiniLM: on the CPU a run's fixed cost is ~1.8 ms,
+# about 26 tokens' worth; on a GPU a small run is launch-bound, ~2.8 ms of BERT-base at batch 1, thousands of tokens).
+RUN_COST = {"cpu": 64, "cuda": 2048, "tensorrt": 2048}
 
 
 class RuntimeFailure(PoolxError):
@@ -43,12 +46,14 @@ class Embedder:
     the CPU), "cpu", "cuda" or "tensorrt" (the plain fp32 export only). threads: CPU intra-op threads (default:
     onnxruntime's). max_tokens: padded tokens per batch (default 16384). trt_cache: TensorRT engine cache directory
     (default ~/.cache/poolx/tensorrt/<graph sha256 prefix>). trt_fp16: let TensorRT build fp16 kernels (default on).
+    spinning: let onnxruntime's CPU threads spin-wait between runs (lowest latency for back-to-back runs; a server
+    turns it off so its event loop keeps a core).
     """
 
     def __init__(
         self, directory: str | os.PathLike[str], provider: str = "auto", *, threads: int | None = None,
         device_id: int = 0, max_tokens: int | None = None, trt_cache: str | os.PathLike[str] | None = None,
-        trt_fp16: bool = True, check_files: bool = True,
+        trt_fp16: bool = True, check_files: bool = True, spinning: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.manifest = Manifest.read(self.directory)
@@ -66,13 +71,13 @@ class Embedder:
             cache = Path(trt_cache) if trt_cache else default_trt_cache(self.manifest)
             options["TensorrtExecutionProvider"] = tensorrt_options(self.manifest, cache, fp16=trt_fp16, device_id=device_id)
         try:
-            self.session = create_session(graph, self.provider, threads, options)
+            self.session = create_session(graph, self.provider, threads, options, spinning)
         except ProviderUnavailableError as e:
             if provider != "auto":
                 raise
             warnings.warn(f"auto: {e}; running on the CPU", stacklevel=2)
             self.provider = "cpu"
-            self.session = create_session(graph, "cpu", threads)
+            self.session = create_session(graph, "cpu", threads, spinning=spinning)
         if self.precision == "fp16" and self.provider == "cpu":
             warnings.warn("this fp16 graph is built for CUDA; on the CPU onnxruntime runs it slowly", stacklevel=2)
         self.text_encoder = TextEncoder(self.directory, self.manifest)
@@ -120,15 +125,23 @@ class Embedder:
 
     def plan(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
         """Batches of text indices, longest texts first, each at most batch_size texts (and at most the TensorRT
-        profile's largest batch) and max_tokens padded tokens (a batch is padded to its longest text)."""
+        profile's largest batch) and max_tokens padded tokens (a batch is padded to its longest text). A batch also
+        ends where cutting it saves more padding than a run costs (RUN_COST): the texts left, up to a batch, would
+        each be padded (longest − this text's length) tokens less. On mixed lengths (a server's merged requests, a
+        corpus's tail) padding every text to the longest one costs 2-4x on the CPU (benchmarks/RESULTS.md)."""
         budget = self.max_tokens
         if self.provider == "tensorrt":
             batch_size = min(batch_size, MAX_BATCH)
+        run_cost = RUN_COST[self.provider]
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         current: list[int] = []
-        for i in order:  # lengths only fall, so the first text of a batch is its longest
-            if current and (len(current) >= batch_size or (len(current) + 1) * lengths[current[0]] > budget):
+        for position, i in enumerate(order):  # lengths only fall, so the first text of a batch is its longest
+            head = lengths[current[0]] if current else 0
+            if current and (
+                len(current) >= batch_size or (len(current) + 1) * head > budget
+                or (head - lengths[i]) * min(len(order) - position, batch_size) > run_cost
+            ):
                 batches.append(current)
                 current = []
             current.append(i)

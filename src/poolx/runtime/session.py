@@ -11,10 +11,12 @@ from poolx.runtime.providers import check_active, import_onnxruntime, resolve
 
 def create_session(
     graph: str | Path, provider: str = "cpu", threads: int | None = None,
-    provider_options: dict[str, dict[str, Any]] | None = None,
+    provider_options: dict[str, dict[str, Any]] | None = None, spinning: bool = True,
 ) -> Any:
     """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider`; `provider_options` maps an
-    onnxruntime provider name (e.g. "TensorrtExecutionProvider") to its options."""
+    onnxruntime provider name (e.g. "TensorrtExecutionProvider") to its options. spinning=False stops the CPU
+    provider's intra-op threads from spin-waiting after a run (they otherwise take cores a server's event loop
+    needs)."""
     ort = import_onnxruntime()
     options_of = provider_options or {}
     providers = [(p, options_of[p]) if p in options_of else p for p in resolve(provider)]
@@ -22,6 +24,8 @@ def create_session(
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, InvalidProtobuf, EPFail)

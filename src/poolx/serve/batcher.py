@@ -1,10 +1,13 @@
-"""Dynamic batching: concurrent requests are merged into one model run, up to a token budget and a short wait,
-run off the event loop on one worker thread, and split back in order.
+"""Dynamic batching: concurrent requests are merged into model runs up to a token budget, run off the event loop
+on worker threads, and split back in order.
 
-Each request arrives already tokenized (so its token count is known when it is queued). The worker takes the first
-waiting request, then keeps taking requests while the merged batch stays within `max_tokens` real tokens and
-`max_texts` texts, waiting at most `max_wait` seconds for more. A request larger than the budget runs alone (the
-Embedder splits it into model batches). If the model fails on a merged batch, only the requests in it fail."""
+Each request arrives already tokenized (so its token count is known when it is queued). A free worker takes the
+first waiting request and every request queued behind it while the merged batch stays within `max_tokens` real
+tokens and `max_texts` texts (continuous batching: what queues up during a run is the next batch, and a free model
+never waits when there is work). Only when nothing else is queued does it wait `max_wait` seconds for company
+(0 by default: on the CPU that wait measured as pure latency; see benchmarks/RESULTS.md). A request larger than the
+budget runs alone (the Embedder splits it into model batches). With several workers (CPU cores), several batches
+run at once. If the model fails on a batch, only the requests in it fail."""
 
 from __future__ import annotations
 
@@ -25,76 +28,84 @@ class _Job:
     queued: float = field(default_factory=time.perf_counter)
 
 
+_STOP = object()  # the stop mark close() queues behind the last request
+
+
 class Batcher:
     def __init__(
         self, run: Callable[[Sequence[Any]], np.ndarray], *, max_tokens: int = 8192, max_texts: int = 256,
-        max_wait: float = 0.005, observe: Callable[[str, float], None] | None = None,
+        max_wait: float = 0.0, workers: int = 1, observe: Callable[[str, float], None] | None = None,
     ) -> None:
-        """run(encodings) -> (n, width) float32: the model call (blocking; it runs on the worker thread).
+        """run(encodings) -> (n, width) float32: the model call (blocking; it runs on a worker thread, and with
+        workers > 1 on several at once, so it must be thread-safe, as onnxruntime's Session.run is).
         observe(metric, value) receives "batch_texts", "batch_tokens", "queue_seconds" and "run_seconds"."""
         self._run = run
         self.max_tokens = max_tokens
         self.max_texts = max_texts
         self.max_wait = max_wait
+        self.workers = workers
         self._observe = observe or (lambda name, value: None)
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolx-model")
-        self._task: asyncio.Task | None = None
-        self._pending: _Job | None = None  # taken from the queue but did not fit the previous batch
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()  # _Job, or _STOP
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poolx-model")
+        self._tasks: list[asyncio.Task] = []
+        self._busy = 0  # workers running a batch
         self.closed = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._loop()) for _ in range(self.workers)]
 
     async def embed(self, encodings: Sequence[Any]) -> np.ndarray:
         """The embeddings of one request's texts, in order."""
         if self.closed:
             raise RuntimeError("the server is shutting down")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(encodings, sum(len(e.ids) for e in encodings), future))
+        self._queue.put_nowait(_Job(encodings, sum(len(e.ids) for e in encodings), future))
         return await future
 
     async def close(self) -> None:
-        """Stop taking requests, finish every queued one, and stop the worker."""
+        """Stop taking requests, finish every queued one, and stop the workers."""
         self.closed = True
-        await self._queue.put(None)
-        if self._task is not None:
-            await self._task
+        self._queue.put_nowait(_STOP)  # everything queued before the stop mark is still run
+        await asyncio.gather(*self._tasks)
         self._executor.shutdown(wait=True)
 
     async def _loop(self) -> None:
+        pending: Any = None  # taken from the queue but did not fit the previous batch (or the stop mark)
         while True:
-            first = self._pending or await self._queue.get()
-            self._pending = None
-            if first is None:
+            first = pending if pending is not None else await self._queue.get()
+            if first is _STOP:
+                self._queue.put_nowait(_STOP)  # pass the stop mark on to the other workers
                 return
-            batch, stop = await self._collect(first)
-            await self._execute(batch)
-            if stop:
-                while not self._queue.empty():  # drain what arrived before close (close puts None last)
-                    job = self._queue.get_nowait()
-                    if job is not None:
-                        await self._execute([job])
-                return
-
-    async def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        batch, tokens, texts = [first], first.tokens, len(first.encodings)
-        deadline = time.perf_counter() + self.max_wait
-        while tokens < self.max_tokens and texts < self.max_texts:
-            remaining = deadline - time.perf_counter()
+            batch, pending = await self._collect(first)
+            self._busy += 1
             try:
-                job = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
-            except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                await self._execute(batch)
+            finally:
+                self._busy -= 1
+
+    async def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None]:
+        """A batch starting with `first`, and the job that ended it without fitting (or the stop mark)."""
+        batch, tokens, texts = [first], first.tokens, len(first.encodings)
+        if self.max_wait > 0 and self._queue.empty():
+            # Wait for company only when nothing else is queued (an idle model); requests that queued up during a
+            # run are a batch already, and waiting then would only idle the model. (A plain sleep, not
+            # wait_for(queue.get()): in Python 3.11 that can drop an item when the timeout and the get coincide.)
+            await asyncio.sleep(self.max_wait)
+        # With several workers idle, each takes its share of the queue, so one does not take it all while the
+        # others wait for requests that only come once it is done.
+        share = -(-(self._queue.qsize() + 1) // max(1, self.workers - self._busy))
+        while tokens < self.max_tokens and texts < self.max_texts and len(batch) < share:
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
                 break
-            if job is None:
-                return batch, True
-            if tokens + job.tokens > self.max_tokens or texts + len(job.encodings) > self.max_texts:
-                self._pending = job
-                break
+            if job is _STOP or tokens + job.tokens > self.max_tokens or texts + len(job.encodings) > self.max_texts:
+                return batch, job
             batch.append(job)
             tokens += job.tokens
             texts += len(job.encodings)
-        return batch, False
+        return batch, None
 
     async def _execute(self, batch: list[_Job]) -> None:
         live = [job for job in batch if not job.future.done()]  # a client that went away cancelled its future
