@@ -128,17 +128,21 @@ def export(
     calibration: Annotated[Optional[Path], typer.Option(
         help="int8: calibrate on these texts (UTF-8, one per line) instead of the built-in ones.",
         rich_help_panel=VARIANTS)] = None,
+    triton: Annotated[Optional[Path], typer.Option(
+        help="Also write a Triton model repository here (same as `poolx triton OUTPUT REPO` afterwards).",
+        show_default=False)] = None,
 ) -> None:
     """Export MODEL with a pooler as one ONNX graph, with its tokenizer and a manifest, checked against eager
     PyTorch before anything is written."""
 
     def body() -> None:
+        from poolx.errors import UsageError
         from poolx.exporter.onnx import export as run_export
 
         if calibration is not None and precision != "int8":
-            from poolx.errors import UsageError
-
             raise UsageError("--calibration is for --precision int8")
+        if triton is not None and triton.exists() and not force and (not triton.is_dir() or any(triton.iterdir())):
+            raise UsageError(f"--triton {triton} exists; pass --force to replace it, or choose another directory")
         result = run_export(
             model, output, pooling=pooling, num_labels=num_labels,
             raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
@@ -155,6 +159,10 @@ def export(
             f"in {result.seconds:.1f}s\n  inputs: {', '.join(m.io.input_names)}\n  outputs: {outs}\n"
             f"{_describe_variant(m.graph)}  next: poolx verify {result.directory}"
         )
+        if triton is not None:
+            from poolx.deploy.triton import write_triton_repo
+
+            typer.echo(f"  triton: {write_triton_repo(result.directory, triton, force=force)}")
         if result.untrained:
             _stderr().print(
                 f"note: the {m.pooling['name']} pooler/head has learned parameters, freshly initialised (seed {seed}); "
@@ -311,6 +319,15 @@ def embed(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
     dims: Annotated[int, typer.Option(help="Printed texts: how many leading dimensions to show.")] = 6,
+    engine: Annotated[str, typer.Option(
+        help="local (this process) or ray (Ray Data actors on a cluster; --input/--output only; the output is a "
+        "directory of .parquet/.jsonl part files).", rich_help_panel="Ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="ray: the cluster to join (host:port, ray://host:port or auto); default: start a local one.",
+        show_default=False, rich_help_panel="Ray")] = None,
+    actors: Annotated[Optional[int], typer.Option(
+        help="ray: embedding actors (default: the cluster's GPUs on cuda/tensorrt, else CPUs / --threads).",
+        show_default=False, rich_help_panel="Ray")] = None,
 ) -> None:
     """Embed texts with an export: a few given on the command line (printed), or a whole file (--input/--output)."""
 
@@ -327,6 +344,22 @@ def embed(
             raise UsageError("nothing to embed: give texts, or --input FILE --output FILE")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        if engine not in ("local", "ray"):
+            raise UsageError(f"--engine is local or ray, got {engine!r}")
+        if engine == "local" and (address or actors):
+            raise UsageError("--address and --actors are for --engine ray")
+        if engine == "ray":
+            if not input:
+                raise UsageError("--engine ray embeds files: give --input FILE --output FILE")
+            from poolx.deploy.ray_data import run_file_job
+
+            rows = run_file_job(
+                directory, input, output, column=column, id_column=id_column,
+                provider=provider, address=address, actors=actors,
+                threads=threads or 1, normalize=normalize, force=force,
+            )
+            typer.echo(f"wrote {rows} embeddings to {output}/")
+            return
         from poolx import textio
 
         if output:
@@ -435,6 +468,28 @@ def bench(
         Console(width=max(Console().width, 120)).print(table)
         json_path, png = write_outputs(report, out)
         typer.echo(f"wrote {json_path}" + (f" and {png}" if png else " (install matplotlib for the chart)"))
+
+    _run(body)
+
+
+@app.command()
+def triton(
+    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    repo: Annotated[Path, typer.Argument(help="The Triton model repository to write.")],
+    name: Annotated[Optional[str], typer.Option(help="Model name in the repository (default: from DIRECTORY).", show_default=False)] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Triton's max_batch_size for the models.")] = 64,
+    kind: Annotated[str, typer.Option(help="Instances: auto (GPU, CPU for int8 graphs), gpu or cpu.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Replace REPO if it is a model repository already.")] = False,
+) -> None:
+    """Write a Triton Inference Server model repository: the ONNX model (onnxruntime backend, dynamic batching,
+    TensorRT fp16 with CUDA fallback on GPUs), a Python-backend tokenizer and an ensemble (text in, embedding out)."""
+
+    def body() -> None:
+        from poolx.deploy.triton import write_triton_repo
+
+        path = write_triton_repo(directory, repo, name=name, max_batch_size=max_batch_size, force=force, kind=kind)
+        models = ", ".join(sorted(p.name for p in path.iterdir() if p.is_dir()))
+        typer.echo(f"wrote Triton model repository {path} ({models})")
 
     _run(body)
 

@@ -1,0 +1,161 @@
+"""`poolx embed --engine ray` and `embed_dataset` on a real local Ray cluster (loopback, 2 CPUs): 20,000 texts,
+every row back exactly once with the single-process `poolx embed` vectors, also after an actor is killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from poolx.deploy.ray_data import actor_resources, embed_dataset  # noqa: E402
+from poolx.errors import UsageError  # noqa: E402
+from poolx.exporter.onnx import export  # noqa: E402
+from poolx.exporter.texts import VERIFY_TEXTS  # noqa: E402
+from poolx.textio import read_embeddings  # noqa: E402
+
+ROWS = 20_000
+ACTOR_TITLE = b"ray::MapWorker(MapBatches(_EmbedBatches))"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ray") / "bert-mean"
+    export(str(tiny_models["bert"]), out, pooling="mean", max_length=64)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """20,000 rows with ids r0..r19999, texts of all lengths (empty, truncated, non-Latin) in .parquet and .jsonl."""
+    root = tmp_path_factory.mktemp("corpus")
+    rows = [{"id": f"r{i}", "text": f"{VERIFY_TEXTS[i % len(VERIFY_TEXTS)][: 40 + i % 300]} {i}"} for i in range(ROWS)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "corpus.parquet", row_group_size=2_500)
+    with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def single_process(exported, corpus, tmp_path_factory):
+    """id -> vector from the single-process `poolx embed` on the same input."""
+    out = tmp_path_factory.mktemp("single") / "single.parquet"
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
+                   "--id-column", "id", "--provider", "cpu")
+    assert result.returncode == 0, result.stderr
+    ids, vectors = read_embeddings(out)
+    return dict(zip(ids, vectors))
+
+
+def poolx(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "poolx.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def check_rows(ids: list, vectors: np.ndarray, reference: dict) -> None:
+    assert len(ids) == ROWS and len(set(ids)) == ROWS  # every row exactly once: none lost, none twice
+    assert set(ids) == set(reference)
+    expected = np.stack([reference[i] for i in ids])
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_cli_on_a_cluster_gives_every_row_once_with_the_single_process_vectors(cluster, exported, corpus, single_process, tmp_path):
+    out = tmp_path / "ray.parquet"
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
+                   "--id-column", "id", "--engine", "ray", "--address", cluster, "--actors", "2", "--provider", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {ROWS} embeddings" in result.stdout
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "embedding"]
+    assert pa.types.is_fixed_size_list(table.schema.field("embedding").type)
+    vectors = np.array(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(ROWS, -1)
+    check_rows(table.column("id").to_pylist(), vectors, single_process)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
+
+
+def test_jsonl_without_ids_keeps_the_input_order(cluster, exported, corpus, single_process, tmp_path):
+    out = tmp_path / "ray.jsonl"
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.jsonl"), "--output", str(out),
+                   "--engine", "ray", "--address", cluster, "--provider", "cpu")
+    assert result.returncode == 0, result.stderr
+    parts = sorted(out.glob("*.json*"))
+    rows = [json.loads(line) for p in parts for line in p.read_text().splitlines() if line.strip()]
+    assert len(rows) == ROWS and set(rows[0]) == {"embedding"}
+    # part files are numbered in block order; with no id column poolx asks Ray Data to preserve the input order
+    vectors = np.array([r["embedding"] for r in rows], dtype=np.float32)
+    check_rows([f"r{i}" for i in range(ROWS)], vectors, single_process)
+
+
+def test_a_killed_actor_loses_and_duplicates_nothing(cluster, exported, corpus, single_process):
+    ds = ray.data.read_json(str(corpus / "corpus.jsonl"), lines=True)
+    ds = embed_dataset(ds, exported, actors=2, provider="cpu", batch_size=250)
+    ids: list = []
+    chunks: list = []
+    killed, seen_at_kill = None, 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        ids += batch.column("id").to_pylist()
+        chunks.append(np.array(batch.column("embedding").combine_chunks().flatten(), dtype=np.float32))
+        if killed is None and len(ids) >= 2_000:  # mid-run: a tenth of the rows are out
+            killed, seen_at_kill = _kill_one_actor(), len(ids)
+    assert killed is not None and seen_at_kill < ROWS // 2  # killed mid-run, with most rows still to come
+    check_rows(ids, np.concatenate(chunks).reshape(ROWS, -1), single_process)
+
+
+def _kill_one_actor() -> int:
+    """SIGKILL one embedding actor's worker process (found by the title Ray gives it); returns its pid."""
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(ACTOR_TITLE):
+            os.kill(pid, signal.SIGKILL)
+            return pid
+    raise AssertionError("no embedding actor process found")
+
+
+def test_bad_input_is_one_line_and_writes_nothing(cluster, exported, corpus, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    out = tmp_path / "out.parquet"
+    start = time.time()
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
+                   "--engine", "ray", "--address", closed)
+    assert result.returncode == 2 and "cannot reach a Ray cluster" in result.stderr and time.time() - start < 60
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
+                   "--engine", "ray", "--address", cluster, "--column", "body")
+    assert result.returncode == 2 and "no column 'body'" in result.stderr and "id, text" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    out.mkdir()
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
+                   "--engine", "ray", "--address", cluster)
+    assert result.returncode == 2 and "exists" in result.stderr
+
+
+def test_gpu_actors_ask_for_a_gpu_and_a_cluster_without_one_is_refused(cluster, exported, corpus):
+    assert actor_resources("cuda", 1, 2, 16) == {"num_gpus": 1, "num_cpus": 1.0}
+    assert actor_resources("cpu", 4, 2, 16) == {"num_gpus": 0, "num_cpus": 4.0}
+    assert actor_resources("cpu", 1, 2, 2) == {"num_gpus": 0, "num_cpus": 0.5}  # one CPU left for reads and writes
+    ds = ray.data.read_json(str(corpus / "corpus.jsonl"), lines=True)
+    with pytest.raises(UsageError, match="has 0 GPU"):
+        embed_dataset(ds, exported, provider="cuda")
