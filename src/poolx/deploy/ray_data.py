@@ -19,13 +19,13 @@ import os
 import shutil
 import socket
 import tempfile
-import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 from poolx.errors import PoolxError, UsageError
 from poolx.manifest import Manifest
+from poolx.staging import staged_directory
 
 READERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text"}
 WRITERS = {".parquet": "parquet", ".jsonl": "json"}
@@ -205,23 +205,14 @@ def run_file_job(
     ds = ds.select_columns(keep)
     if id_column is not None and id_column != "id":
         ds = ds.rename_columns({id_column: "id"})
-    staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
-        (ds.write_parquet if writer == "parquet" else ds.write_json)(str(staging))
-        rows = _count_rows(staging, writer)
-        if force and (output.exists() or output.is_symlink()):
-            if output.is_dir() and not output.is_symlink():
-                shutil.rmtree(output)
-            else:
-                output.unlink()
-        staging.rename(output)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, (PoolxError, KeyboardInterrupt)):
-            raise
-        if isinstance(e, Exception):
-            raise PoolxError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:300]}") from None
+        with staged_directory(output) as staging:  # renamed to `output` only once every block is written
+            (ds.write_parquet if writer == "parquet" else ds.write_json)(str(staging))
+            rows = _count_rows(staging, writer)
+    except (PoolxError, KeyboardInterrupt):
         raise
+    except Exception as e:  # Ray's errors carry the worker's traceback; its last line says what failed
+        raise PoolxError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:300]}") from None
     return rows
 
 

@@ -17,21 +17,20 @@ TextEncoder's, and onnxruntime on the repository's model.onnx with them gives th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from poolx import __version__
 from poolx.deploy.triton_tokenizer import SETTINGS, TEXT
-from poolx.errors import BrokenExportError, ExportError, UsageError
+from poolx.errors import BrokenExportError, UsageError
 from poolx.manifest import Manifest
 from poolx.runtime.embedder import OPT_BATCH, OPT_LENGTH
 from poolx.spec import BATCH, EMBEDDING, TensorSpec
+from poolx.staging import staged_directory
 
 KINDS = ("auto", "gpu", "cpu")
 OUTPUT = "embedding"  # the ensemble's output; its input is TEXT, the tokenizer model's
@@ -67,7 +66,7 @@ def write_triton_repo(
     device = device_kind(manifest, kind)
     repo = _check_repo(Path(repo), directory, force)
     notes = [f"written by poolx {__version__} from the export {directory.name} ({manifest.source['name']})"]
-    with _staged(repo) as tmp:
+    with staged_directory(repo) as tmp:
         _write_model(tmp, onnx_config(manifest, name, max_batch_size, device), onnx_files(directory, manifest),
                      notes + onnx_notes(manifest, device))
         _write_model(tmp, tokenizer_config(manifest, name, max_batch_size), tokenizer_files(directory, manifest), notes)
@@ -291,38 +290,3 @@ def _check_repo(repo: Path, export: Path, force: bool) -> Path:
                 "a model repository, choose another path"
             )
     return repo
-
-
-@contextlib.contextmanager
-def _staged(repo: Path) -> Iterator[Path]:
-    """A hidden temporary sibling of `repo` to write into, renamed to `repo` once complete (an old repo is moved
-    aside first, put back if the rename fails, and removed after). On any failure nothing is left behind."""
-    made = [p for p in repo.parents if not p.exists()]  # deepest first
-    old: Path | None = None
-    tmp: Path | None = None
-    try:
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the server may run as another user
-        if repo.exists() or repo.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{repo.name}.old-", dir=repo.parent))
-            os.replace(repo, old / "previous")
-        try:
-            os.replace(tmp, repo)
-        except BaseException:
-            if old is not None:
-                os.replace(old / "previous", repo)
-            raise
-    except OSError as e:
-        raise ExportError(f"cannot write {repo}: {e.strerror or e}") from None
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
-        if not repo.exists():
-            for directory in made:
-                with contextlib.suppress(OSError):
-                    directory.rmdir()

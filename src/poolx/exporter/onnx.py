@@ -8,12 +8,11 @@ import contextlib
 import datetime as _dt
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from poolx.models.encoder import RAW_OUTPUTS, PooledEncoder, has_pooler_head
 from poolx.models.registry import get_pooler_class
 from poolx.models.loading import ModelSource, default_max_length, load_tokenizer, position_limit, resolve_source
 from poolx.spec import IOSpec
+from poolx.staging import staged_directory
 
 GRAPH_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
@@ -143,7 +143,7 @@ def export(
     elif not 2 <= max_length <= limit:
         raise UsageError(f"max_length {max_length} is out of range for this model; use 2..{limit}")
 
-    with _staging(output) as tmp:
+    with staged_directory(output) as tmp:
         graph = _trace(encoder, spec, tokenizer, tmp, opset)
         tokenizer.padding_side = "right"  # what the graph's poolers assume, and what the runtime does
         tokenizer.save_pretrained(tmp)
@@ -214,47 +214,6 @@ def _check_not_source(output: Path, source: ModelSource) -> None:
     out = output.resolve()
     if out == source.path or out in source.path.parents:
         raise ExportError(f"--output {output} would overwrite the model it exports from; choose another directory")
-
-
-@contextlib.contextmanager
-def _staging(output: Path) -> Iterator[Path]:
-    """A temporary sibling of `output` to write into. On success it replaces `output` (a previous export is
-    removed only once the new one is in place, and put back if the swap is interrupted); on any failure or
-    interrupt the temporary directory, and any parent directories made for it, are removed."""
-    created = []
-    parent = output.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    tmp: Path | None = None
-    old: Path | None = None
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the export is an ordinary directory
-        if output.exists() or output.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, old / "previous")
-            try:
-                os.replace(tmp, output)
-            except BaseException:
-                os.replace(old / "previous", output)
-                raise
-        else:
-            os.replace(tmp, output)
-    except OSError as e:
-        raise ExportError(f"cannot write {output}: {e.strerror or e}") from None
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
-        if not output.exists():
-            for directory in created:  # deepest first; only what this export made, and only if still empty
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
 
 
 def example_inputs(tokenizer: Any, spec: IOSpec, batch: int = 2, length: int = 16) -> tuple[torch.Tensor, ...]:
