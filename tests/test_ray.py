@@ -31,7 +31,8 @@ ACTOR_TITLE = b"ray::MapWorker(MapBatches(_EmbedBatches))"
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _node_ip_address="127.0.0.1")  # loopback only
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -379,3 +379,26 @@ def test_pbtxt_writer_matches_protobufs_own_text_format():
                "parameters": {"k": {"string_value": "v\\w"}}}
     expected = json_format.ParseDict(as_json, ModelConfig())
     assert parsed == expected and parsed.HasField("dynamic_batching")
+
+
+def test_cli_writes_the_repo_and_refuses_an_existing_one_in_one_line(exports, tiny_models, tmp_path):
+    import subprocess
+
+    def poolx(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "poolx.cli", *args], capture_output=True, text=True, timeout=300)
+
+    repo = tmp_path / "repo"
+    result = poolx("triton", str(exports["plain"]), str(repo), "--name", "minilm")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in repo.iterdir()) == ["minilm", "minilm_onnx", "minilm_tokenizer"]
+    before = {p: p.stat().st_mtime_ns for p in repo.rglob("*")}
+    result = poolx("triton", str(exports["plain"]), str(repo))
+    assert result.returncode == 2 and "--force" in result.stderr and "Traceback" not in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in repo.rglob("*")} == before  # untouched
+    out = tmp_path / "export"  # export --triton refuses the existing repo before exporting anything
+    result = poolx("export", str(tiny_models["bert"]), "-o", str(out), "--pooling", "mean", "--triton", str(repo))
+    assert result.returncode == 2 and "exists" in result.stderr and not out.exists()
+    result = poolx("export", str(tiny_models["bert"]), "-o", str(out), "--pooling", "mean", "--max-length", "64",
+                   "--triton", str(tmp_path / "fresh"))
+    assert result.returncode == 0, result.stderr
+    assert parse(tmp_path / "fresh" / "export_onnx" / "config.pbtxt").max_batch_size == 64

@@ -152,12 +152,15 @@ def connect(address: Optional[str]) -> Any:
             socket.create_connection((host, int(port)), timeout=5).close()
         except OSError as e:
             raise UsageError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ core warns on stderr about every actor
+    # Ray's C++ core logs an error-level line for every actor whose constructor takes an object-store argument and
+    # may restart (ours do, and the driver holds the reference for the whole job); set the variable to see them.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            # a cluster of this machine alone listens on loopback only
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UsageError(f"cannot connect to Ray at {address or 'a new local cluster'}: {str(e).splitlines()[0]}") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data logs every plan and sink at INFO
@@ -190,7 +193,6 @@ def run_file_job(
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = id_column is None  # no ids: row i of the output is row i of the input
-    context.enable_progress_bars = False
     read = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "text": ray.data.read_text,
             "json": partial(ray.data.read_json, lines=input_path.suffix.lower() == ".jsonl")}[reader]
     try:
