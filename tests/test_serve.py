@@ -257,7 +257,18 @@ def test_workers_share_the_queue_run_at_once_and_close_drains_everything():
         await batcher.close()  # everything queued before close is answered
         assert all(t.done() and t.result()[0, 0] == 2 for t in late) and sum(runs) == 7
 
+    async def big_request() -> None:  # one request bigger than a worker's share runs in pieces on both workers
+        runs.clear()
+        peak[0] = 0
+        batcher = Batcher(run, max_tokens=40, workers=2)  # a share is 20 tokens
+        batcher.start()
+        result = await batcher.embed([Enc(10 + i % 3) for i in range(8)])
+        assert [r[0] for r in result] == [10 + i % 3 for i in range(8)]  # in order
+        assert len(runs) >= 4 and peak[0] == 2
+        await batcher.close()
+
     asyncio.run(main())
+    asyncio.run(big_request())
 
 
 def test_busy_port_and_bad_directory_are_one_line_errors(exported, tmp_path):

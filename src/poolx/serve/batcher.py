@@ -4,10 +4,10 @@ on worker threads, and split back in order.
 Each request arrives already tokenized (so its token count is known when it is queued). A free worker takes the
 first waiting request and every request queued behind it while the merged batch stays within `max_tokens` real
 tokens and `max_texts` texts (continuous batching: what queues up during a run is the next batch, and a free model
-never waits when there is work). Only when nothing else is queued does it wait `max_wait` seconds for company
-(0 by default: on the CPU that wait measured as pure latency; see benchmarks/RESULTS.md). A request larger than the
-budget runs alone (the Embedder splits it into model batches). With several workers (CPU cores), several batches
-run at once. If the model fails on a batch, only the requests in it fail."""
+never waits when there is work). Only when nothing else is queued does it wait `max_wait` seconds for company (0 by
+default: on the CPU that wait measured as pure latency; see benchmarks/RESULTS.md). With several workers (CPU
+cores) several batches run at once, and a request bigger than a worker's share of the budget is queued in pieces
+so that it runs on all of them. If the model fails on a batch, only the requests in it fail."""
 
 from __future__ import annotations
 
@@ -56,12 +56,33 @@ class Batcher:
         self._tasks = [loop.create_task(self._loop()) for _ in range(self.workers)]
 
     async def embed(self, encodings: Sequence[Any]) -> np.ndarray:
-        """The embeddings of one request's texts, in order."""
+        """The embeddings of one request's texts, in order. A request larger than a worker's share of the token
+        budget is queued in pieces, so that with several workers (CPU cores) a big request runs on all of them."""
         if self.closed:
             raise RuntimeError("the server is shutting down")
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(encodings, sum(len(e.ids) for e in encodings), future))
-        return await future
+        loop = asyncio.get_running_loop()
+        share = max(1, self.max_tokens // self.workers)
+        futures, piece, tokens = [], [], 0
+        for e in encodings:
+            if piece and (tokens + len(e.ids) > share or len(piece) >= self.max_texts):
+                futures.append(self._put(loop, piece, tokens))
+                piece, tokens = [], 0
+            piece.append(e)
+            tokens += len(e.ids)
+        futures.append(self._put(loop, piece, tokens))
+        if len(futures) == 1:
+            return await futures[0]
+        try:
+            return np.concatenate(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:  # a failed or abandoned request: its other pieces need not run
+                future.cancel()
+            raise
+
+    def _put(self, loop: asyncio.AbstractEventLoop, encodings: Sequence[Any], tokens: int) -> asyncio.Future:
+        future: asyncio.Future = loop.create_future()
+        self._queue.put_nowait(_Job(encodings, tokens, future))
+        return future
 
     async def close(self) -> None:
         """Stop taking requests, finish every queued one, and stop the workers."""
