@@ -19,10 +19,8 @@ from poolx.textio import read_embeddings
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("embedder") / "bert-mean"
-    export(str(tiny_models["bert"]), out, pooling="mean", max_length=64)
-    return out
+def exported(bert_mean):
+    return bert_mean
 
 
 def one_by_one(directory, texts):

@@ -21,7 +21,6 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from poolx.deploy.ray_data import actor_resources, embed_dataset  # noqa: E402
 from poolx.errors import UsageError  # noqa: E402
-from poolx.exporter.onnx import export  # noqa: E402
 from poolx.exporter.texts import VERIFY_TEXTS  # noqa: E402
 from poolx.textio import read_embeddings  # noqa: E402
 
@@ -38,10 +37,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ray") / "bert-mean"
-    export(str(tiny_models["bert"]), out, pooling="mean", max_length=64)
-    return out
+def exported(bert_mean):
+    return bert_mean
 
 
 @pytest.fixture(scope="module")

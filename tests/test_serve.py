@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 
-from poolx.exporter.onnx import export
 from poolx.exporter.texts import VERIFY_TEXTS
 from poolx.runtime.embedder import Embedder
 from poolx.serve.batcher import Batcher
@@ -54,10 +52,8 @@ def start_server(directory, *args: str) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "bert-mean"
-    export(str(tiny_models["bert"]), out, pooling="mean", max_length=64)
-    return out
+def exported(bert_mean):
+    return bert_mean
 
 
 @pytest.fixture(scope="module")

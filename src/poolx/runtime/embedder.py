@@ -118,10 +118,7 @@ class Embedder:
             out[rows] = self._run(feeds)
             if progress:
                 progress(len(rows))
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.maximum(norms, 1e-12)
-        return out
+        return l2_normalize(out) if normalize else out
 
     def plan(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
         """Batches of text indices, longest texts first, each at most batch_size texts (and at most the TensorRT
@@ -168,6 +165,12 @@ class Embedder:
                 f"{cut} text(s) longer than {self.max_length} tokens were truncated to {self.max_length} "
                 "(said once per Embedder; see .truncated for the running count)", stacklevel=3,
             )
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm, in place (a zero row stays zero); returns `vectors`."""
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors
 
 
 def choose_provider(provider: str, precision: str, optimized: bool = False) -> str:

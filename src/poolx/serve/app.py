@@ -18,11 +18,11 @@ from typing import Any, AsyncIterator, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from poolx.runtime.embedder import l2_normalize
 from poolx.serve.batcher import Batcher
 from poolx.serve.metrics import Metrics
 
@@ -83,32 +83,18 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
         normalize: StrictBool = True
         truncate: StrictBool = False
 
-    def error_body(path: str, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> dict:
-        if path.startswith("/v1/"):
-            return {"error": {"message": message, "type": kind, "param": param, "code": None}}
-        return {"error": message, "error_type": kind}
-
     def error_response(request: Request, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse(error_body(request.url.path, status, message, param, kind), status_code=status)
+        return JSONResponse(error_body(request.url.path, message, param, kind), status_code=status)
 
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
         return error_response(request, exc.status, exc.message, exc.param, exc.kind)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        if first.get("type") == "json_invalid":
-            return error_response(request, 400, "the request body is not valid JSON")
-        where = ".".join(loc) or "body"
-        return error_response(request, 400, f"{where}: {first.get('msg', 'invalid request')}", where)
-
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(request, exc.status_code, str(exc.detail))
 
-    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes, metrics=metrics, error_body=error_body)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes, metrics=metrics)
 
     async def read_body(request: Request) -> bytes:
         """The body, refusing chunked bodies that grow past the limit (no Content-Length to check up front)."""
@@ -130,7 +116,8 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise ClientError(400, f"{where}: {first.get('msg', 'invalid value')}", where) from None
 
-    def check_texts(texts: list[str], param: str) -> None:
+    def check_texts(texts: list[str], param: str) -> int:
+        """The texts' characters in all, once the request is within the limits."""
         if not texts:
             raise ClientError(400, f"{param} is empty; send at least one text", param)
         if len(texts) > limits.max_inputs:
@@ -138,11 +125,13 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
         longest = max(len(t) for t in texts)
         if longest > limits.max_chars:
             raise ClientError(413, f"a text has {longest} characters; at most {limits.max_chars}", param)
-        if sum(len(t) for t in texts) > limits.max_total_chars:
+        chars = sum(len(t) for t in texts)
+        if chars > limits.max_total_chars:
             raise ClientError(413, f"the texts hold more than {limits.max_total_chars} characters in all", param)
+        return chars
 
-    async def embed(texts: list[str], truncate: bool) -> tuple[np.ndarray, int]:
-        if sum(len(t) for t in texts) <= INLINE_CHARS:  # a few short texts: a thread hop costs more than tokenizing
+    async def embed(texts: list[str], chars: int, truncate: bool) -> tuple[np.ndarray, int]:
+        if chars <= INLINE_CHARS:  # a few short texts: a thread hop costs more than tokenizing
             encodings = text_encoder.encode(texts)
         else:
             encodings = await asyncio.to_thread(text_encoder.encode, texts)
@@ -175,8 +164,8 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
                 400, f"dimensions is not supported: this model's embeddings have {embedder.width} dimensions",
                 "dimensions",
             )
-        check_texts(texts, "input")
-        vectors, tokens = await embed(texts, truncate=True)  # over-long texts are cut to max_length (counted in /metrics)
+        chars = check_texts(texts, "input")
+        vectors, tokens = await embed(texts, chars, truncate=True)  # over-long texts are cut to max_length (counted in /metrics)
         if body.encoding_format == "base64":
             items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
@@ -191,10 +180,10 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
     async def tei_embed(request: Request) -> Response:
         body = parse(await read_body(request), EmbedRequest)
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        check_texts(texts, "inputs")
-        vectors, _ = await embed(texts, truncate=body.truncate)
+        chars = check_texts(texts, "inputs")
+        vectors, _ = await embed(texts, chars, truncate=body.truncate)
         if body.normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors = l2_normalize(vectors.copy())  # a view of the batch's array: leave that as it is
         return json_response(vectors)
 
     @app.get("/health")
@@ -223,6 +212,13 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
 
 
 INLINE_CHARS = 4096  # requests up to this many characters are tokenized on the event loop (tens of microseconds)
+def error_body(path: str, message: str, param: str | None = None, kind: str = "invalid_request_error") -> dict:
+    """An error in OpenAI's shape under /v1, in text-embeddings-inference's elsewhere."""
+    if path.startswith("/v1/"):
+        return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return {"error": message, "error_type": kind}
+
+
 ENDPOINTS = ("/v1/embeddings", "/embed", "/health", "/info", "/metrics")
 
 
@@ -230,9 +226,8 @@ class Guard:
     """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per request): bearer-token
     auth (all but /health), the Content-Length limit, a JSON 500 for anything unexpected, and request metrics."""
 
-    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, metrics: Metrics, error_body: Any) -> None:
-        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
-        self.metrics, self.error_body = metrics, error_body
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app, self.api_key, self.max_body_bytes, self.metrics = app, api_key, max_body_bytes, metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -245,7 +240,7 @@ class Guard:
         started = False
 
         async def answer(code: int, message: str, kind: str = "invalid_request_error", extra: tuple = ()) -> None:
-            body = orjson_dumps(self.error_body(path, code, message, None, kind))
+            body = orjson_dumps(error_body(path, message, kind=kind))
             await send({"type": "http.response.start", "status": code, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
             await send({"type": "http.response.body", "body": body})
