@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from poolx.exporter.onnx import export
-from poolx.exporter.verify import verify
+from poolx.exporter.export import export
+from poolx.parity.verify import verify
 from poolx.models import list_poolers
 
 

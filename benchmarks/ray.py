@@ -32,7 +32,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from serve import corpus
 
-    from poolx.exporter.onnx import export
+    from poolx.exporter.export import export
     from poolx.textio import read_embeddings
 
     with tempfile.TemporaryDirectory(prefix="poolx-ray-bench-") as tmp:

@@ -29,7 +29,7 @@ import numpy as np
 
 def corpus(n: int) -> list[str]:
     from poolx.exporter.calibration import CALIBRATION_TEXTS
-    from poolx.exporter.texts import VERIFY_TEXTS
+    from poolx.parity.texts import VERIFY_TEXTS
 
     sentences = [s.strip() for t in (*CALIBRATION_TEXTS, *VERIFY_TEXTS) for s in t.split(". ") if s.strip()]
     return [f"{sentences[i % len(sentences)]} ({i})" for i in range(n)]
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (the median is reported)")
     ap.add_argument("--serve-args", default="", help="more `poolx serve` options, e.g. '--max-wait-ms 2'")
     args = ap.parse_args()
-    from poolx.exporter.onnx import export
+    from poolx.exporter.export import export
     from poolx.runtime.embedder import Embedder
 
     texts = corpus(args.texts)

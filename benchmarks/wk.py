@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from wk_reference import WKPooling  # noqa: E402  (the notebook's code, verbatim)
 
-from poolx.exporter.onnx import export  # noqa: E402
-from poolx.exporter.texts import VERIFY_TEXTS  # noqa: E402
+from poolx.exporter.export import export  # noqa: E402
+from poolx.parity.texts import VERIFY_TEXTS  # noqa: E402
 from poolx.manifest import Manifest  # noqa: E402
 from poolx.models import BackboneFeatures, PooledEncoder  # noqa: E402
 from poolx.runtime.session import create_session  # noqa: E402

@@ -63,7 +63,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def bert_mean(tiny_models, tmp_path_factory) -> Path:
     """The tiny BERT exported with mean pooling (max_length 64): the runtime, serve and Ray tests' export. Read
     only: a test that edits an export works on a copy."""
-    from poolx.exporter.onnx import export
+    from poolx.exporter.export import export
 
     out = tmp_path_factory.mktemp("bert-mean") / "bert-mean"
     export(str(tiny_models["bert"]), out, pooling="mean", max_length=64)

@@ -165,8 +165,8 @@ def test_export_refuses_an_existing_directory_without_force(exported, tiny_model
 
 
 def test_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch):
-    import poolx.exporter.verify as verify_module
-    from poolx.exporter.onnx import export
+    import poolx.parity.verify as verify_module
+    from poolx.exporter.export import export
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -320,13 +320,13 @@ def test_unwritable_or_odd_output_paths(tiny_models, tmp_path, monkeypatch):
 
 
 def test_failed_export_removes_the_parents_it_made(tiny_models, tmp_path, monkeypatch):
-    import poolx.exporter.verify as verify_module
+    import poolx.parity.verify as verify_module
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(verify_module, "quick_check", interrupt)
-    from poolx.exporter.onnx import export
+    from poolx.exporter.export import export
 
     with pytest.raises(KeyboardInterrupt):
         export(str(tiny_models["bert"]), tmp_path / "new" / "deep" / "out", pooling="mean")

@@ -11,10 +11,12 @@ from typer.testing import CliRunner
 
 from poolx.cli import app
 from poolx.errors import ProviderUnavailableError, UsageError
-from poolx.exporter.onnx import export
-from poolx.exporter.texts import VERIFY_TEXTS
-from poolx.runtime.embedder import Embedder, choose_provider, run_bound, tensorrt_options
-from poolx.runtime.session import create_session
+from poolx.exporter.export import export
+from poolx.parity.texts import VERIFY_TEXTS
+from poolx.providers import CPU, CUDA, TENSORRT
+from poolx.runtime.embedder import Embedder
+from poolx.runtime.session import create_session, run_bound
+from poolx.variants import INT8, Variant
 from poolx.textio import read_embeddings
 
 
@@ -33,7 +35,7 @@ def test_embed_matches_the_graph_text_by_text_in_the_callers_order(exported):
     texts = list(VERIFY_TEXTS) * 3
     expected = one_by_one(exported, texts)
     embedder = Embedder(exported, "auto")
-    assert embedder.provider == "cpu"  # no CUDA here: auto says what it chose
+    assert embedder.provider is CPU  # no CUDA here: auto says what it chose
     for batch_size in (1, 4, 32):
         got = embedder.embed(texts, batch_size=batch_size)
         assert got.dtype == np.float32 and got.shape == (len(texts), embedder.width)
@@ -62,7 +64,7 @@ def test_a_batch_ends_where_padding_would_cost_more_than_a_run(exported):
     assert len(plan) == 2  # 20 vs 18 tokens: 2 tokens × 10 texts is cheaper than a run, so they stay together
     few = [200] + [20] * 10  # 10 texts × 180 tokens of padding: another run on the CPU, not on a GPU
     assert len(embedder.plan(few, batch_size=64)) == 2
-    embedder.provider = "cuda"  # a small GPU run is launch-bound, worth thousands of tokens
+    embedder.provider = CUDA  # a small GPU run is launch-bound, worth thousands of tokens
     assert len(embedder.plan(few, batch_size=64)) == 1
 
 
@@ -83,9 +85,12 @@ def test_providers_that_cannot_run_are_errors_not_a_cpu_run(exported, tiny_model
             Embedder(exported, provider)
     with pytest.raises(UsageError, match="unknown provider"):
         Embedder(exported, "gpu")
+    int8 = Variant(INT8, False, CPU)
     with pytest.raises(ProviderUnavailableError, match="int8 graph runs on the CPU only"):
-        choose_provider("cuda", "int8")
-    assert choose_provider("auto", "int8") == "cpu"
+        int8.choose("cuda")
+    assert int8.choose("auto", gpu=True) is CPU and Variant().choose("auto", gpu=True) is CUDA
+    with pytest.raises(UsageError, match="TensorRT takes the plain fp32 export"):
+        Variant(INT8, True, CPU).choose("tensorrt")
 
 
 def test_io_binding_path_gives_the_same_numbers(exported):
@@ -99,7 +104,11 @@ def test_tensorrt_options_follow_the_manifest(exported, tmp_path):
     from poolx.manifest import Manifest
 
     manifest = Manifest.read(exported)
-    opts = tensorrt_options(manifest, tmp_path / "cache", fp16=True)
+    options = TENSORRT.options(
+        input_names=manifest.io.input_names, max_length=manifest.max_length, cache=tmp_path / "cache", fp16=True,
+    )
+    assert options["CUDAExecutionProvider"] == {"device_id": "0"}  # the nodes TensorRT does not take
+    opts = options["TensorrtExecutionProvider"]
     assert opts["trt_fp16_enable"] == "True" and opts["trt_engine_cache_enable"] == "True"
     assert opts["trt_engine_cache_path"] == str(tmp_path / "cache")
     assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1,token_type_ids:1x1"

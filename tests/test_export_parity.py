@@ -11,8 +11,9 @@ import onnx
 import pytest
 
 from conftest import ARCHITECTURES, TINY_OPTIONS
-from poolx.exporter.onnx import export
-from poolx.exporter.verify import EXPORT_EXAMPLE_SHAPE, verify
+from poolx.exporter.export import export
+from poolx.parity.verify import verify
+from poolx.spec import EXPORT_EXAMPLE_SHAPE
 from poolx.manifest import Manifest
 from poolx.models import list_poolers
 from test_poolers_contract import CASES

@@ -21,7 +21,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from poolx.deploy.ray_data import actor_resources, embed_dataset  # noqa: E402
 from poolx.errors import UsageError  # noqa: E402
-from poolx.exporter.texts import VERIFY_TEXTS  # noqa: E402
+from poolx.parity.texts import VERIFY_TEXTS  # noqa: E402
 from poolx.textio import read_embeddings  # noqa: E402
 
 ROWS = 20_000

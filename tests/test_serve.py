@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from poolx.exporter.texts import VERIFY_TEXTS
+from poolx.parity.texts import VERIFY_TEXTS
 from poolx.runtime.embedder import Embedder
 from poolx.serve.batcher import Batcher
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from poolx.exporter.onnx import export
-from poolx.exporter.verify import verify
+from poolx.exporter.export import export
+from poolx.parity.verify import verify
 from poolx.manifest import Manifest
 from poolx.models import PooledEncoder
 from poolx.runtime.session import create_session

@@ -20,8 +20,8 @@ from poolx.deploy import triton as deploy
 from poolx.deploy import write_triton_repo
 from poolx.deploy.triton_tokenizer import encode, load
 from poolx.errors import BrokenExportError, UsageError
-from poolx.exporter.onnx import export
-from poolx.exporter.texts import VERIFY_TEXTS
+from poolx.exporter.export import export
+from poolx.parity.texts import VERIFY_TEXTS
 from poolx.manifest import Manifest
 from poolx.runtime.embedder import Embedder
 from poolx.runtime.tokenizer import TextEncoder

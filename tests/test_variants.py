@@ -13,11 +13,10 @@ from typer.testing import CliRunner
 from conftest import ARCHITECTURES
 from poolx.cli import app
 from poolx.errors import ParityError, UsageError
-from poolx.exporter.compare import Tolerance
-from poolx.exporter.onnx import export
-from poolx.exporter.optimize import Variant
-from poolx.exporter.verify import verify
+from poolx.exporter.export import export
 from poolx.manifest import Manifest
+from poolx.parity.verify import verify
+from poolx.variants import INT8, PRECISIONS, Variant
 
 L = 4  # layers of the tiny models
 # What onnxruntime's transformer optimizer fuses on poolx's TorchScript graphs. RoBERTa computes position ids from
@@ -39,7 +38,7 @@ def test_optimize_fuses_the_expected_ops_and_verifies(arch, tiny_models, tmp_pat
     result = export(str(tiny_models[arch]), tmp_path / "e", pooling="mean", optimize=True)
     graph = result.manifest.graph
     assert graph["fusions"] == EXPECTED_FUSIONS[arch]
-    assert (graph["precision"], graph["optimized"], graph["target"]) == ("fp32", True, "cpu")
+    assert result.manifest.variant.to_json() == {"precision": "fp32", "fused": True, "target": "cpu"}
     counts = ops(tmp_path / "e" / "model.onnx")
     for op, n in EXPECTED_FUSIONS[arch].items():
         assert counts[op] == n
@@ -57,7 +56,7 @@ def test_optimized_graph_keeps_hidden_states_output(tiny_models, tmp_path):
 def test_fp16_keeps_io_and_pooler_in_float32_and_passes_its_cosine_bound(tiny_models, tmp_path):
     result = export(str(tiny_models["bert"]), tmp_path / "e", pooling="mean", num_labels=2, precision="fp16")
     graph = result.manifest.graph
-    assert (graph["precision"], graph["optimized"], graph["target"]) == ("fp16", True, "cuda")
+    assert result.manifest.variant.to_json() == {"precision": "fp16", "fused": True, "target": "cuda"}
     model = onnx.load(str(tmp_path / "e" / "model.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)  # the backbone is fp16
     for value in [*model.graph.input, *model.graph.output]:
@@ -98,7 +97,7 @@ def test_int8_quantizes_the_backbone_matmuls_and_stays_within_its_bound(arch, ti
 def test_int8_verify_fails_loudly_outside_its_bound(tiny_models, tmp_path):
     export(str(tiny_models["bert"]), tmp_path / "q", pooling="mean", precision="int8")
     with pytest.raises(ParityError):
-        verify(tmp_path / "q", tolerance=Tolerance.for_precision("int8", atol=1e-6))  # int8 is not elementwise-exact
+        verify(tmp_path / "q", tolerance=INT8.tolerance.override(atol=1e-6))  # int8 is not elementwise-exact
     result = CliRunner().invoke(app, ["verify", str(tmp_path / "q"), "--min-cosine", "0.9999999999"])
     assert result.exit_code == 1
 
@@ -144,16 +143,16 @@ def test_int8_calibration_file_is_used(tiny_models, tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_cosine_bounds_also_bound_scale_and_one_wide_outputs(precision):
-    from poolx.exporter.compare import new_comparison
+    from poolx.parity.compare import new_comparison
 
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((4, 16)).astype(np.float32)
     for got, ok in ((ref * (1 + 1e-4), True), (ref * 50, False), (ref * 1.2, False)):
-        c = new_comparison("x", Tolerance.for_precision(precision))
+        c = new_comparison("x", PRECISIONS[precision].tolerance)
         c.add(got, ref, "case")
         assert c.passed == ok and c.min_cosine > 0.9999  # the direction is right every time
     narrow = np.array([[0.7], [-0.2], [0.4]], np.float32)  # a 1-wide output: its cosine is only a sign
-    c = new_comparison("x", Tolerance.for_precision(precision))
+    c = new_comparison("x", PRECISIONS[precision].tolerance)
     c.add(narrow * 3, narrow, "case")
     assert c.min_cosine == pytest.approx(1.0) and not c.passed
 

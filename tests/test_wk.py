@@ -183,8 +183,8 @@ def test_half_precision_hidden_states(minilm_hidden, dtype):
 
 
 def test_exported_graph_has_no_loops_and_verifies(tmp_path):
-    from poolx.exporter.onnx import export
-    from poolx.exporter.verify import verify
+    from poolx.exporter.export import export
+    from poolx.parity.verify import verify
 
     export(None, tmp_path / "wk", pooling="wk", layer_start=2, window=2)
     graph = onnx.load(str(tmp_path / "wk" / "model.onnx"))

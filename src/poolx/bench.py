@@ -89,26 +89,27 @@ def run_bench(
 ) -> BenchReport:
     import torch
 
-    from poolx.exporter.onnx import export
-    from poolx.exporter.verify import rebuild_encoder
+    from poolx.exporter.export import export
+    from poolx.parity.runners import rebuild_encoder
     from poolx.manifest import Manifest
     from poolx.models.loading import load_tokenizer, resolve_source
-    from poolx.runtime.embedder import Embedder
-    from poolx.runtime.providers import import_onnxruntime
-
     from poolx.errors import ProviderUnavailableError, UsageError
+    from poolx.providers import CPU, CUDA, get_provider, gpu_available
+    from poolx.runtime.embedder import Embedder
+    from poolx.variants import bench_variants
 
     if threads:
         torch.set_num_threads(threads)
     if not batch_sizes or not lengths or min(batch_sizes) < 1 or min(lengths) < 2:
         raise UsageError("--batch-sizes must be at least 1 and --lengths at least 2 tokens")
-    available = import_onnxruntime().get_available_providers()
-    cuda_ok = "CUDAExecutionProvider" in available and torch.cuda.is_available()
-    devices = list(providers) if providers else ["cpu"] + (["cuda"] if cuda_ok else [])
-    if "cuda" in devices and not cuda_ok:
+    cuda_ok = gpu_available() and torch.cuda.is_available()
+    devices = [get_provider(p) for p in providers] if providers else [CPU] + ([CUDA] if cuda_ok else [])
+    if any(d not in (CPU, CUDA) for d in devices):
+        raise UsageError(f"bench runs on cpu and cuda, not {next(d for d in devices if d not in (CPU, CUDA))}")
+    if CUDA in devices and not cuda_ok:
         raise ProviderUnavailableError(
             "bench on cuda needs onnxruntime-gpu's CUDAExecutionProvider and a CUDA build of torch with a GPU "
-            f"(onnxruntime has {', '.join(available)}; torch.cuda.is_available() is {torch.cuda.is_available()})"
+            f"(onnxruntime has CUDA: {gpu_available()}; torch.cuda.is_available() is {torch.cuda.is_available()})"
         )
     with tempfile.TemporaryDirectory(prefix="poolx-bench-") as tmp:
         root = Path(tmp)
@@ -125,16 +126,13 @@ def run_bench(
         rebuilt = rebuild_encoder(base, Path(directory))
         model_dir = rebuilt.save_pretrained(root / "model", tokenizer)
         del rebuilt
-        plans = {"cpu": [("fp32", {}), ("fp32-optimized", {"optimize": True}), ("int8", {"precision": "int8"})],
-                 "cuda": [("fp32-optimized", {"optimize": True, "target": "cuda"}), ("fp16", {"precision": "fp16"})]}
-        variants: list[tuple[str, str, Path]] = []
+        variants: list[tuple[Any, str, Path]] = []
         for device in devices:
-            for name, kwargs in plans[device]:
-                log(f"exporting the {name} variant for {device}")
-                out = root / f"{device}-{name}"
-                if not out.exists():
-                    export(model_dir, out, max_length=base.max_length, **kwargs)
-                variants.append((device, name, out))
+            for variant in bench_variants(device):
+                log(f"exporting the {variant.label} variant for {device}")
+                out = root / variant.name
+                export(model_dir, out, max_length=base.max_length, variant=variant)
+                variants.append((device, variant.short_name, out))
         eager = rebuild_encoder(base, Path(directory), attn_implementation="sdpa")
         report = BenchReport(base.source["name"], base.pooling["name"], machine_info(threads))
         for length in lengths:
@@ -145,10 +143,13 @@ def run_bench(
 
 
 def _bench_shape(
-    eager: Any, tokenizer: Any, variants: list[tuple[str, str, Path]], devices: list[str], texts: list[str],
+    eager: Any, tokenizer: Any, variants: list[tuple[Any, str, Path]], devices: list[Any], texts: list[str],
     batch: int, length: int, seconds: float, threads: int | None, log: Callable[[str], None], embedder_cls: Any,
 ) -> list[Cell]:
     import torch
+
+    from poolx.parity.compare import min_cosine
+    from poolx.providers import CPU, CUDA
 
     cells: list[Cell] = []
 
@@ -165,36 +166,35 @@ def _bench_shape(
     reference = eager_fn(eager, "cpu", torch.float32)()
     tokens = int(tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="np")["attention_mask"].sum())
     baselines: dict[str, float] = {}
-    candidates: list[tuple[str, str, Callable[[], np.ndarray]]] = [("eager fp32", "cpu", eager_fn(eager, "cpu", torch.float32))]
-    if "cuda" in devices:
+    candidates: list[tuple[str, Any, Callable[[], np.ndarray]]] = [("eager fp32", CPU, eager_fn(eager, "cpu", torch.float32))]
+    if CUDA in devices:
         import copy
 
         gpu16 = copy.deepcopy(eager).half().cuda().eval()
-        candidates.append(("eager fp16", "cuda", eager_fn(gpu16, "cuda", torch.float16)))
+        candidates.append(("eager fp16", CUDA, eager_fn(gpu16, "cuda", torch.float16)))
         compiled = copy.copy(gpu16)
         compiled.encode = torch.compile(gpu16.encode, dynamic=True)
-        candidates.append(("torch.compile fp16", "cuda", eager_fn(compiled, "cuda", torch.float16)))
+        candidates.append(("torch.compile fp16", CUDA, eager_fn(compiled, "cuda", torch.float16)))
     for device, name, path in variants:
         emb = embedder_cls(path, device, threads=threads)
         candidates.append((f"poolx {name}", device, lambda emb=emb: emb.embed(texts, batch_size=batch)))
     for label, device, fn in candidates:
         log(f"  {label} on {device}, batch {batch} × {length}")
-        if device == "cuda":
+        if device.gpu:
             torch.cuda.synchronize()
         times = time_block(fn, seconds)
         got = fn()
         p50 = statistics.median(times)
         cell = Cell(
-            label, device, batch, length, tokens * len(times) / sum(times), p50 * 1e3,
+            label, device.name, batch, length, tokens * len(times) / sum(times), p50 * 1e3,
             float(np.percentile(times, 99)) * 1e3,
         )
-        if label.startswith("eager") and device not in baselines:
-            baselines[device] = p50
-        base = baselines.get(device)
+        if label.startswith("eager") and device.name not in baselines:
+            baselines[device.name] = p50
+        base = baselines.get(device.name)
         cell.speedup = base / p50 if base else None
         cell.max_abs = float(np.abs(got - reference).max())
-        cell.min_cosine = float(((got * reference).sum(1) / np.maximum(
-            np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1), 1e-30)).min())
+        cell.min_cosine = min_cosine(got, reference)
         cells.append(cell)
     return cells
 

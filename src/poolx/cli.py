@@ -25,11 +25,12 @@ POOLER_OPTIONS = "Pooler options (each pooler takes only its own; see `poolx poo
 VARIANTS = "Fast variants (verify knows each one's tolerance)"
 
 
-def _describe_variant(graph: dict[str, Any]) -> str:
-    """Lines for the export summary: the fused op counts and the int8 calibration, when there are any."""
+def _describe_variant(manifest: Any) -> str:
+    """Lines for the export summary: the variant, the fused op counts and the int8 calibration, when there are any."""
     lines = ""
-    if graph.get("precision", "fp32") != "fp32" or graph.get("optimized"):
-        lines += f"  graph: {graph['precision']}{' optimized' if graph.get('optimized') else ''} for {graph['target']}\n"
+    graph = manifest.graph
+    if not manifest.variant.is_plain:
+        lines += f"  graph: {manifest.variant.label}\n"
     if graph.get("fusions"):
         lines += "  fused: " + ", ".join(f"{op} {n}" for op, n in graph["fusions"].items()) + "\n"
     q = graph.get("quantization")
@@ -137,10 +138,8 @@ def export(
 
     def body() -> None:
         from poolx.errors import UsageError
-        from poolx.exporter.onnx import export as run_export
+        from poolx.exporter.export import export as run_export
 
-        if calibration is not None and precision != "int8":
-            raise UsageError("--calibration is for --precision int8")
         if triton is not None and triton.exists() and not force and (not triton.is_dir() or any(triton.iterdir())):
             raise UsageError(f"--triton {triton} exists; pass --force to replace it, or choose another directory")
         result = run_export(
@@ -157,7 +156,7 @@ def export(
         typer.echo(
             f"exported {m.source['name']} + {m.pooling['name']} pooler to {result.directory} "
             f"in {result.seconds:.1f}s\n  inputs: {', '.join(m.io.input_names)}\n  outputs: {outs}\n"
-            f"{_describe_variant(m.graph)}  next: poolx verify {result.directory}"
+            f"{_describe_variant(m)}  next: poolx verify {result.directory}"
         )
         if triton is not None:
             from poolx.deploy.triton import write_triton_repo
@@ -195,12 +194,11 @@ def verify(
     lengths with padding. Exit 0 when all pass, 1 when any comparison fails, 2 for a broken directory."""
 
     def body() -> None:
-        from poolx.exporter.compare import Tolerance
-        from poolx.exporter.texts import VERIFY_TEXTS
-        from poolx.exporter.verify import precision, verify as run_verify
         from poolx.manifest import Manifest
+        from poolx.parity.texts import VERIFY_TEXTS
+        from poolx.parity.verify import verify as run_verify
 
-        tolerance = Tolerance.for_precision(precision(Manifest.read(directory)), atol, rtol, min_cosine)
+        tolerance = Manifest.read(directory).variant.tolerance.override(atol, rtol, min_cosine)
         report = run_verify(
             directory, source=source, tolerance=tolerance, provider=provider,
             texts=VERIFY_TEXTS + (_read_texts(texts, "--texts") if texts else ()), raise_on_failure=False,
@@ -446,9 +444,6 @@ def bench(
         from poolx.bench import run_bench, write_outputs
         from poolx.errors import UsageError
 
-        bad = [p for p in provider or [] if p not in ("cpu", "cuda")]
-        if bad:
-            raise UsageError(f"--provider {bad[0]!r}: bench runs cpu and cuda")
         if seconds <= 0:
             raise UsageError(f"--seconds must be positive, got {seconds}")
         if directory is not None:
@@ -517,64 +512,13 @@ def serve(
     /health, /info, /metrics. Concurrent requests are batched together. SIGTERM drains in-flight requests."""
 
     def body() -> None:
-        from poolx.errors import UsageError
+        from poolx.serve.server import ServeOptions, serve as run_server
 
-        try:
-            import fastapi  # noqa: F401
-            import uvicorn
-        except ImportError:
-            raise UsageError("poolx serve needs its extra: pip install 'poolx[serve]'") from None
-        if not 0 < port < 65536:
-            raise UsageError(f"--port must be 1..65535, got {port}")
-        if max_batch_tokens < 1 or max_wait_ms < 0 or max_inputs < 1:
-            raise UsageError("--max-batch-tokens and --max-inputs must be positive, --max-wait-ms not negative")
-        import socket
-
-        try:  # refuse a busy or unusable address before loading the model
-            with socket.create_server((host, port)):
-                pass
-        except OSError as e:
-            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        from poolx.manifest import Manifest
-        from poolx.runtime.embedder import Embedder, choose_provider
-        from poolx.serve.app import Limits, create_app
-
-        if threads is not None and threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {threads}")
-        cores = threads or os.cpu_count() or 1
-        # On the CPU: `cores` single-threaded runs at once (on small merged batches 1.15-1.2x one multi-threaded
-        # run: benchmarks/RESULTS.md). On a GPU: one run at a time, onnxruntime's default CPU threads.
-        graph = Manifest.read(directory).graph
-        on_cpu = choose_provider(provider, str(graph.get("precision", "fp32")), bool(graph.get("optimized"))) == "cpu"
-        embedder = Embedder(directory, provider, threads=1 if on_cpu else threads, spinning=False)
-        if embedder.provider == "cpu" and not on_cpu:  # auto could not start CUDA (it warned): reopen single-threaded
-            embedder = Embedder(directory, "cpu", threads=1, spinning=False)
-        workers = cores if embedder.provider == "cpu" else 1
-        limits = Limits(
-            max_inputs=max_inputs, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, workers=workers,
+        options = ServeOptions(
+            host=host, port=port, provider=provider, api_key=api_key, model_name=model_name, threads=threads,
+            max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_inputs=max_inputs,
         )
-        application = create_app(embedder, model_name=model_name, api_key=api_key, limits=limits)
-        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-            _stderr().print(f"note: listening on {host} without --api-key: anyone who can reach it can use it", markup=False)
-        typer.echo(
-            f"serving {directory} ({embedder.manifest.pooling['name']} pooler, dim {embedder.width}) on "
-            f"{embedder.provider} at http://{host}:{port}  (POST /v1/embeddings, POST /embed, GET /health /info /metrics)"
-        )
-        config = uvicorn.Config(
-            application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, access_log=False,
-        )
-        server = uvicorn.Server(config)
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn drains, then re-raises the signal it caught to
-            signal.signal(sig, lambda *_: None)  # these no-ops, so a drained server exits 0, not by the signal
-        try:
-            server.run()
-        except (OSError, SystemExit) as e:  # uvicorn exits(1) when it cannot bind
-            raise UsageError(f"cannot serve on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
-        if not server.started:
-            raise UsageError(f"could not start the server on {host}:{port} (is the port in use?)")
-        typer.echo("stopped: in-flight requests were answered")
+        run_server(directory, options, say=typer.echo, note=lambda line: _stderr().print(line, markup=False))
 
     _run(body)
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from poolx.errors import BrokenExportError
 from poolx.spec import IOSpec
+from poolx.variants import Variant
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the graph's variant is its own section (schema 1 kept precision/optimized/target in graph)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -33,16 +34,23 @@ def checksum_tree(root: Path) -> dict[str, str]:
     }
 
 
+def source_weights(path: Path) -> dict[str, str]:
+    """sha256 of the weight files of a model directory, so verify knows it rebuilds from the same weights."""
+    names = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    return {p.name: sha256_file(p) for p in names}
+
+
 @dataclass
 class Manifest:
     source: dict[str, Any]  # name, path, model_type, architecture, width, num_layers, weights sha256
     pooling: dict[str, Any]  # name, options, output_dim, num_labels
-    graph: dict[str, Any]  # file, opset, exporter, external_data (file name or None)
+    graph: dict[str, Any]  # file, opset, exporter, external_data (file name or None), fusions, quantization
     io: IOSpec
     tokenizer: dict[str, Any]  # max_length, pad_token, pad_token_id, padding_side, files
     versions: dict[str, str]
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    variant: Variant = field(default_factory=Variant)  # precision, fused, target
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -54,8 +62,9 @@ class Manifest:
         return int(self.tokenizer["max_length"])
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["io"] = self.io.to_json()
+        data["variant"] = self.variant.to_json()
         return data
 
     def write(self, directory: Path) -> None:
@@ -74,6 +83,8 @@ class Manifest:
             if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
                 raise BrokenExportError(f"{path} was written by a newer poolx; upgrade poolx to read it")
             data["io"] = IOSpec.from_json(data["io"])
+            data["variant"] = Variant.from_json(data.get("variant") or data["graph"])  # schema 1: in graph
+            data["schema_version"] = SCHEMA_VERSION
             manifest = cls(**data)
             manifest._validate()
         except BrokenExportError:

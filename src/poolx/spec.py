@@ -10,6 +10,7 @@ BATCH = "batch_size"
 SEQUENCE = "sequence_length"
 EMBEDDING = "sentence_embedding"
 LOGITS = "logits"
+EXPORT_EXAMPLE_SHAPE = (2, 16)  # (batch, length) of the tracing example; verify never compares on this shape
 
 Dim = Union[int, str]  # a fixed size, or the name of a dynamic axis
 

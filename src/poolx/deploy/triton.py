@@ -5,7 +5,7 @@
     REPO/NAME_onnx/       onnxruntime backend: 1/model.onnx (and its external-data file, under its own name)
 
 The configs are protobuf text written from plain dicts by `to_pbtxt`. On a GPU the plain fp32 graph runs on
-TensorRT (fp16, engine cache, shape profiles like poolx's `tensorrt_options`) with CUDA for what TensorRT cannot
+TensorRT (fp16, engine cache, the shape profile of `poolx.providers.TENSORRT`) with CUDA for what TensorRT cannot
 take; optimized and fp16 graphs run on CUDA; int8 graphs on CPU instances. The server image needs `tokenizers`
 (pip install it in the image, or give the tokenizer model an EXECUTION_ENV_PATH).
 
@@ -28,7 +28,7 @@ from poolx import __version__
 from poolx.deploy.triton_tokenizer import SETTINGS, TEXT
 from poolx.errors import BrokenExportError, UsageError
 from poolx.manifest import Manifest
-from poolx.runtime.embedder import OPT_BATCH, OPT_LENGTH
+from poolx.providers import CUDA, TENSORRT
 from poolx.spec import BATCH, EMBEDDING, TensorSpec
 from poolx.staging import staged_directory
 
@@ -105,23 +105,14 @@ def model_name(directory: Path, name: str | None) -> str:
 
 
 def device_kind(manifest: Manifest, kind: str) -> str:
-    """"gpu" or "cpu" for the ONNX model's instances: an int8 graph runs on the CPU only (onnxruntime has no int8
-    MatMul kernels for CUDA), as with poolx's choose_provider."""
+    """"gpu" or "cpu" for the ONNX model's instances: GPU instances when CUDA may run the graph's variant (so not
+    for int8), as the Embedder decides."""
     if kind not in KINDS:
         raise UsageError(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
-    int8 = manifest.graph.get("precision") == "int8"
-    if kind == "gpu" and int8:
-        raise UsageError(
-            "an int8 graph runs on the CPU only (onnxruntime has no int8 MatMul kernels for CUDA); use kind cpu, "
-            "or export --precision fp16 for GPUs"
-        )
-    return kind if kind != "auto" else "cpu" if int8 else "gpu"
-
-
-def takes_tensorrt(manifest: Manifest) -> bool:
-    """TensorRT takes the plain fp32 export only (it fuses and builds fp16 engines itself; onnxruntime's fused
-    contrib ops in an optimized or fp16 graph would split it into pieces), as with poolx's choose_provider."""
-    return manifest.graph.get("precision", "fp32") == "fp32" and not manifest.graph.get("optimized")
+    on_gpu = CUDA in manifest.variant.runs_on
+    if kind == "gpu" and not on_gpu:
+        manifest.variant.check_provider(CUDA)  # raises, saying why
+    return kind if kind != "auto" else "gpu" if on_gpu else "cpu"
 
 
 def onnx_config(manifest: Manifest, name: str, max_batch_size: int, device: str) -> dict[str, Any]:
@@ -132,11 +123,11 @@ def onnx_config(manifest: Manifest, name: str, max_batch_size: int, device: str)
         "output": [tensor_config(t) for t in manifest.io.outputs],
         "instance_group": [{"kind": Enum(f"KIND_{device.upper()}"), "count": 1}],
         "dynamic_batching": {
-            "preferred_batch_size": sorted({min(OPT_BATCH, max_batch_size), max_batch_size}),
+            "preferred_batch_size": sorted({TENSORRT.profile(manifest.max_length, max_batch_size).opt[0], max_batch_size}),
             "max_queue_delay_microseconds": QUEUE_DELAY_US,
         },
     }
-    if device == "gpu" and takes_tensorrt(manifest):
+    if device == "gpu" and TENSORRT in manifest.variant.runs_on:
         accelerator = tensorrt_accelerator(manifest, name, max_batch_size)
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [accelerator]}}
     return config
@@ -144,10 +135,11 @@ def onnx_config(manifest: Manifest, name: str, max_batch_size: int, device: str)
 
 def onnx_notes(manifest: Manifest, device: str) -> list[str]:
     """The comment lines of the ONNX model's config.pbtxt: where the graph runs, and why."""
-    if device == "cpu":
-        int8 = manifest.graph.get("precision") == "int8"
-        return ["CPU instances: onnxruntime has no int8 MatMul kernels for CUDA." if int8 else "CPU instances."]
-    if not takes_tensorrt(manifest):
+    if device != "gpu":  # Triton's KIND_CPU
+        if CUDA not in manifest.variant.runs_on:
+            return [f"CPU instances: onnxruntime has no {manifest.variant.precision} MatMul kernels for CUDA."]
+        return ["CPU instances."]
+    if TENSORRT not in manifest.variant.runs_on:
         return ["CUDA only: TensorRT takes the plain fp32 export (onnxruntime's fused ops would split this graph)."]
     return [
         "TensorRT builds fp16 engines on first load (minutes) and caches them in trt_engine_cache_path; mount a",
@@ -158,14 +150,10 @@ def onnx_notes(manifest: Manifest, device: str) -> list[str]:
 
 
 def tensorrt_accelerator(manifest: Manifest, name: str, max_batch_size: int) -> dict[str, Any]:
-    """The TensorRT accelerator: fp16, engine and timing caches, and one shape profile per graph input (min 1x1,
-    opt min(32, max_batch_size) x min(128, max_length), max max_batch_size x max_length), as `tensorrt_options`."""
-    max_length = manifest.max_length
-
-    def shapes(batch: int, length: int) -> str:
-        return ",".join(f"{n}:{batch}x{length}" for n in manifest.io.input_names)
-
+    """The TensorRT accelerator: fp16, engine and timing caches, and one shape profile per graph input, the
+    profile the Embedder gives TensorRT (`poolx.providers.TENSORRT.profile`) up to Triton's max_batch_size."""
     cache = TRT_CACHE.format(name=name)
+    profile = TENSORRT.profile(manifest.max_length, max_batch_size).shapes(manifest.io.input_names)
     return {"name": "tensorrt", "parameters": pb_map({
         "precision_mode": "FP16",
         "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
@@ -173,9 +161,7 @@ def tensorrt_accelerator(manifest: Manifest, name: str, max_batch_size: int) -> 
         "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": cache,
-        "trt_profile_min_shapes": shapes(1, 1),
-        "trt_profile_opt_shapes": shapes(min(OPT_BATCH, max_batch_size), min(OPT_LENGTH, max_length)),
-        "trt_profile_max_shapes": shapes(max_batch_size, max_length),
+        **profile,
     })}
 
 

@@ -1,4 +1,4 @@
-"""onnxruntime sessions over a poolx export, with the provider checked after creation."""
+"""onnxruntime sessions over a poolx graph, on the provider asked for and no other."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ from pathlib import Path
 from typing import Any
 
 from poolx.errors import BrokenExportError, ProviderUnavailableError
-from poolx.runtime.providers import check_active, import_onnxruntime, resolve
+from poolx.providers import CPU, Provider, get_provider, import_onnxruntime
 
 
 def create_session(
-    graph: str | Path, provider: str = "cpu", threads: int | None = None,
+    graph: str | Path, provider: str | Provider = CPU, threads: int | None = None,
     provider_options: dict[str, dict[str, Any]] | None = None, spinning: bool = True,
 ) -> Any:
-    """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider`; `provider_options` maps an
-    onnxruntime provider name (e.g. "TensorrtExecutionProvider") to its options. spinning=False stops the CPU
-    provider's intra-op threads from spin-waiting after a run (they otherwise take cores a server's event loop
-    needs)."""
+    """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider` (checked after creation: a
+    provider onnxruntime dropped is an error). `provider_options` maps an onnxruntime provider name to its options
+    (`Provider.options`). spinning=False stops the CPU provider's intra-op threads from spin-waiting after a run
+    (they otherwise take cores a server's event loop needs)."""
     ort = import_onnxruntime()
+    provider = get_provider(provider)
     options_of = provider_options or {}
-    providers = [(p, options_of[p]) if p in options_of else p for p in resolve(provider)]
+    providers = [(p, options_of[p]) if p in options_of else p for p in provider.ort_providers()]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -30,8 +31,20 @@ def create_session(
         session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, InvalidProtobuf, EPFail)
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        if provider != "cpu":  # the provider (TensorRT engine build, CUDA libraries) failed, not the file
+        if provider.gpu:  # the provider (TensorRT engine build, CUDA libraries) failed, not the file
             raise ProviderUnavailableError(f"onnxruntime could not start {graph} on {provider}: {first}") from None
         raise BrokenExportError(f"onnxruntime cannot load {graph}: {first}; re-export it") from None
-    check_active(session, provider)
+    provider.check_active(session)
     return session
+
+
+def run_bound(session: Any, feeds: dict[str, Any], output: str, device: str, device_id: int = 0) -> Any:
+    """One run with IO binding: inputs copied to `device` once, the output allocated there and copied back."""
+    import numpy as np
+
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    binding.bind_output(output, device, device_id)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]

@@ -198,8 +198,8 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
         m = embedder.manifest
         return JSONResponse({
             "model": name, "pooling": m.pooling["name"], "pooling_options": m.pooling.get("options", {}),
-            "width": embedder.width, "max_length": max_length, "provider": embedder.provider,
-            "precision": m.graph.get("precision", "fp32"), "optimized": bool(m.graph.get("optimized")),
+            "width": embedder.width, "max_length": max_length, "provider": str(embedder.provider),
+            "precision": m.variant.precision.name, "optimized": m.variant.fused, "variant": m.variant.label,
             "limits": limits.__dict__,
         })
 

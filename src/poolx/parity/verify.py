@@ -1,5 +1,6 @@
 """`verify`: rebuild the eager PyTorch model an export came from and prove the ONNX graph computes the same thing,
-on real text, over a grid of batch sizes and lengths (none of them the export example's), with padding."""
+on real text, over a grid of batch sizes and lengths (none of them the export example's), with padding, held to
+the bound of the graph's variant. `quick_check` is the exporter's gate: the same comparison on two shapes."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from poolx.errors import BrokenExportError, ParityError
-from poolx.exporter.compare import Comparison, Tolerance, new_comparison
-from poolx.exporter.texts import VERIFY_TEXTS
 from poolx.manifest import Manifest
-from poolx.spec import IOSpec
+from poolx.parity.compare import Comparison, Tolerance
+from poolx.parity.runners import EagerRunner, OnnxRunner, compare_runs, rebuild_encoder
+from poolx.parity.texts import VERIFY_TEXTS
+from poolx.providers import CPU, Provider
+from poolx.spec import EXPORT_EXAMPLE_SHAPE, IOSpec
 
-EXPORT_EXAMPLE_SHAPE = (2, 16)  # exporter.onnx.example_inputs
 BATCH_SIZES = (2, 3, 5, 8, 16)
 
 
@@ -87,38 +89,6 @@ def cases(texts: Sequence[str], lengths: Sequence[int], max_length: int) -> list
     return fixed
 
 
-def rebuild_encoder(
-    manifest: Manifest, directory: Path, source: str | None = None, attn_implementation: str = "eager",
-) -> Any:
-    """The eager PooledEncoder an export was made from: the source backbone (checked against the weights'
-    sha256 recorded at export) with the pooler/head weights stored in the export. `attn_implementation` "sdpa"
-    gives transformers' default (faster) attention, for benchmarks."""
-    from poolx.exporter.onnx import source_weights
-    from poolx.models.encoder import PooledEncoder
-    from poolx.models.loading import DEFAULT_MODEL, load_backbone, resolve_source
-
-    recorded = manifest.source
-    if source is None:
-        source = None if recorded["name"] == DEFAULT_MODEL else recorded["path"]
-    if source is not None and not Path(source).is_dir():
-        raise BrokenExportError(
-            f"the model this export came from is not at {source} any more; pass --source DIR to say where it is"
-        )
-    resolved = resolve_source(source)
-    if source_weights(resolved.path) != recorded.get("weights_sha256"):
-        raise BrokenExportError(
-            f"the weights in {resolved.path} differ from those exported (sha256 mismatch); pass --source with the "
-            "model the export came from, or re-export"
-        )
-    pooling = manifest.pooling
-    encoder = PooledEncoder.from_backbone(
-        load_backbone(resolved, attn_implementation), pooling["name"], pooling.get("num_labels"), seed=None, **pooling.get("options", {})
-    )
-    if pooling.get("weights"):
-        encoder.load_head_weights(directory / pooling["weights"])
-    return encoder.eval()
-
-
 def check_interface(graph_path: Path, spec: IOSpec) -> Check:
     """The graph's input/output names, element types and dims (fixed sizes and dynamic axis names) match the
     manifest's I/O spec."""
@@ -160,27 +130,20 @@ def check_tokenizer(directory: Path, manifest: Manifest, text_encoder: Any, text
     return Check("tokenizer", not bad, detail)
 
 
-def compare_outputs(
-    session: Any, encoder: Any, spec: IOSpec, text_encoder: Any, texts: Sequence[str],
+def compare_on(
+    graph: OnnxRunner, encoder: Any, spec: IOSpec, text_encoder: Any, texts: Sequence[str],
     plan: Sequence[tuple[str, list[int], int | None]], tolerance: Tolerance,
 ) -> tuple[list[Comparison], list[tuple[int, int]]]:
-    import torch
-
-    comparisons = {name: new_comparison(name, tolerance) for name in spec.output_names}
-    batch_axis = {t.name: list(t.shape).index("batch_size") for t in spec.outputs}
-    shapes = []
-    for label, rows, pad_to in plan:
-        feeds = text_encoder([texts[i] for i in rows], pad_to=pad_to)
-        shapes.append(tuple(feeds["input_ids"].shape))
-        got = session.run(spec.output_names, feeds)
-        with torch.no_grad():
-            ref = encoder.encode(
-                *(torch.from_numpy(feeds[n]) for n in spec.input_names), raw_outputs=spec.raw_outputs
-            )
-        case = f"{label} {tuple(feeds['input_ids'].shape)}"
-        for name, value in zip(spec.output_names, got):
-            comparisons[name].add(value, ref[name].numpy(), case, batch_axis[name])
-    return list(comparisons.values()), shapes
+    """The graph against the eager encoder on every case of `plan`: the comparisons and the (batch, length)
+    shapes compared."""
+    eager = EagerRunner(encoder, spec)
+    feeds = [text_encoder([texts[i] for i in rows], pad_to=pad_to) for _, rows, pad_to in plan]
+    shapes = [tuple(f["input_ids"].shape) for f in feeds]
+    cases = [f"{label} {shape}" for (label, _, _), shape in zip(plan, shapes)]
+    outputs = compare_runs(
+        (graph.run(f) for f in feeds), (eager.run(f) for f in feeds), cases, spec.outputs, tolerance,
+    )
+    return outputs, shapes
 
 
 def verify(
@@ -191,7 +154,6 @@ def verify(
     the CPU, said in the report's notes). Raises BrokenExportError when the directory is broken (missing files, a
     checksum mismatch, an unreadable graph) and, unless raise_on_failure is False, ParityError when any check
     or comparison fails; the report is on the error (`err.report`)."""
-    from poolx.runtime.session import create_session
     from poolx.runtime.tokenizer import TextEncoder
 
     start = time.perf_counter()
@@ -202,51 +164,39 @@ def verify(
     graph = directory / manifest.graph_file
     checks.append(check_interface(graph, manifest.io))
     if not checks[-1].passed:  # the numbers cannot be compared by name; fail on the interface alone
-        return _finish(VerifyReport(str(directory), [], checks, [], time.perf_counter() - start, provider), raise_on_failure)
+        return _finish(VerifyReport(
+            str(directory), [], checks, [], time.perf_counter() - start, str(provider or CPU), manifest.variant.label,
+        ), raise_on_failure)
     text_encoder = TextEncoder(directory, manifest)
     checks.append(check_tokenizer(directory, manifest, text_encoder, texts))
-    provider, notes = verify_provider(manifest, provider)
+    chosen, notes = verify_provider(manifest, provider)
     encoder = rebuild_encoder(manifest, directory, source)
-    session = create_session(graph, provider)
     plan = cases(texts, text_encoder.lengths(texts), manifest.max_length)
-    outputs, shapes = compare_outputs(
-        session, encoder, manifest.io, text_encoder, texts, plan, tolerance or Tolerance.for_precision(precision(manifest))
+    outputs, shapes = compare_on(
+        OnnxRunner(graph, chosen), encoder, manifest.io, text_encoder, texts, plan,
+        tolerance or manifest.variant.tolerance,
     )
-    report = VerifyReport(str(directory), outputs, checks, shapes, time.perf_counter() - start, provider)
-    report.variant = variant_label(manifest)
-    report.notes = notes
+    report = VerifyReport(
+        str(directory), outputs, checks, shapes, time.perf_counter() - start, chosen.name, manifest.variant.label, notes,
+    )
     return _finish(report, raise_on_failure)
 
 
-def verify_provider(manifest: Manifest, provider: str | None) -> tuple[str, list[str]]:
-    """The provider to compare on, with the same refusals as the Embedder (no int8 graph on CUDA, TensorRT only
-    for the plain graph), and a note when the graph's target could not be used."""
-    from poolx.runtime.embedder import choose_provider
-    from poolx.runtime.providers import import_onnxruntime
-
-    optimized = bool(manifest.graph.get("optimized"))
+def verify_provider(manifest: Manifest, provider: str | None) -> tuple[Provider, list[str]]:
+    """The provider to compare on, with the Embedder's refusals (`Variant.check_provider`), and a note when the
+    graph's target could not be used: by default the graph's target when this onnxruntime can run it, else the
+    CPU."""
+    variant = manifest.variant
     if provider is not None:
-        return choose_provider(provider, precision(manifest), optimized), []
-    target = str(manifest.graph.get("target", "cpu"))
-    if target == "cuda":
-        if "CUDAExecutionProvider" in import_onnxruntime().get_available_providers():
-            return "cuda", []
-        return "cpu", [
-            "this graph targets CUDA, which this onnxruntime cannot run here: it was checked on the CPU, so its "
-            "CUDA numbers are not verified; run `poolx verify --provider cuda` on a GPU machine"
-        ]
-    return "cpu", []
-
-
-def precision(manifest: Manifest) -> str:
-    return str(manifest.graph.get("precision", "fp32"))
-
-
-def variant_label(manifest: Manifest) -> str:
-    """'fp32', 'fp32 optimized for cpu', 'fp16 optimized for cuda', 'int8 for cpu': what verify compared."""
-    graph = manifest.graph
-    label = precision(manifest) + (" optimized" if graph.get("optimized") else "")
-    return label if label == "fp32" else f"{label} for {graph.get('target', 'cpu')}"
+        return variant.check_provider(provider), []
+    target = variant.target
+    if target is CPU or target.available():
+        return target, []
+    return CPU, [
+        f"this graph targets {target.name.upper()}, which this onnxruntime cannot run here: it was checked on the "
+        f"CPU, so its {target.name.upper()} numbers are not verified; run `poolx verify --provider {target.name}` "
+        "on a GPU machine"
+    ]
 
 
 def _finish(report: VerifyReport, raise_on_failure: bool) -> VerifyReport:
@@ -257,15 +207,13 @@ def _finish(report: VerifyReport, raise_on_failure: bool) -> VerifyReport:
 
 def quick_check(directory: Path, encoder: Any, manifest: Manifest) -> None:
     """The exporter's own gate before it writes anything: two shapes, not the export example's."""
-    from poolx.runtime.session import create_session
     from poolx.runtime.tokenizer import TextEncoder
 
     texts = [VERIFY_TEXTS[3], VERIFY_TEXTS[1], VERIFY_TEXTS[7]]
     text_encoder = TextEncoder(directory, manifest)
     plan = [("one text", [0], None), ("three texts, padded", [0, 1, 2], min(manifest.max_length, 40))]
-    session = create_session(directory / manifest.graph_file, "cpu")
-    tolerance = Tolerance.for_precision(precision(manifest))
-    outputs, _ = compare_outputs(session, encoder, manifest.io, text_encoder, texts, plan, tolerance)
+    graph = OnnxRunner(directory / manifest.graph_file, CPU)
+    outputs, _ = compare_on(graph, encoder, manifest.io, text_encoder, texts, plan, manifest.variant.tolerance)
     failed = [o for o in outputs if not o.passed]
     if failed:
         worst = failed[0]

@@ -1,4 +1,6 @@
-"""Comparing ONNX outputs with eager PyTorch outputs: a result object per output, never a warning."""
+"""The one comparison of two runs' outputs, used by verify, the export gate, int8 calibration and bench: the
+row-wise cosine, the relative L2 error and the elementwise bound, aggregated into a result object per output
+(never a warning)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ class Tolerance:
     |got - ref| <= atol + rtol·|ref| everywhere (numpy.allclose) unless atol is None, and the row-wise cosine is at
     least min_cosine when that is set. fp32 graphs are held to the elementwise bound (a cosine of a 1-wide output
     near zero is a sign, not a similarity); fp16 and int8 graphs, whose elements legitimately move, to a cosine
-    bound against eager fp32 (`for_precision`)."""
+    bound against eager fp32 (each precision's bound is in `poolx.variants`)."""
 
     atol: float | None = 1e-4
     rtol: float = 1e-3
@@ -35,19 +37,13 @@ class Tolerance:
         if self.atol is None and (self.min_cosine is None or self.max_rel_l2 is None):
             raise UsageError("a tolerance needs an elementwise bound (atol), or a cosine and a relative L2 bound")
 
-    @classmethod
-    def for_precision(
-        cls, precision: str, atol: float | None = None, rtol: float | None = None, min_cosine: float | None = None,
+    def override(
+        self, atol: float | None = None, rtol: float | None = None, min_cosine: float | None = None,
     ) -> "Tolerance":
-        """The documented bound of a graph precision, with any of its numbers overridden:
-        fp32 (plain or fused): atol 1e-4, rtol 1e-3; fp16: min cosine 0.999 and relative L2 error 0.05; int8:
-        min cosine 0.99 and relative L2 error 0.15. The cosine bounds direction per text; the relative L2 error
-        (per compared batch, so it also covers 1-wide outputs, whose cosine is only a sign) bounds scale."""
-        default = PRECISION_TOLERANCES.get(precision, PRECISION_TOLERANCES["fp32"])
-        return cls(
-            atol=atol if atol is not None else default.atol, rtol=rtol if rtol is not None else default.rtol,
-            min_cosine=min_cosine if min_cosine is not None else default.min_cosine,
-            max_rel_l2=default.max_rel_l2,
+        """This bound with any of its numbers replaced (None keeps it): `poolx verify --atol/--rtol/--min-cosine`."""
+        return Tolerance(
+            atol=atol if atol is not None else self.atol, rtol=rtol if rtol is not None else self.rtol,
+            min_cosine=min_cosine if min_cosine is not None else self.min_cosine, max_rel_l2=self.max_rel_l2,
         )
 
 
@@ -101,10 +97,8 @@ class Comparison:
         self.required_atol = max(self.required_atol, required)
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
         self.max_rel = max(self.max_rel, float((diff / np.maximum(scale, 1e-6)).max(initial=0.0)))
-        self.min_cosine = min(self.min_cosine, _min_row_cosine(got, ref, batch_axis))
-        ref_norm = float(np.sqrt(np.sum(ref.astype(np.float64) ** 2)))
-        err_norm = float(np.sqrt(np.sum((got.astype(np.float64) - ref) ** 2)))
-        self.rel_l2 = max(self.rel_l2, err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf")))
+        self.min_cosine = min(self.min_cosine, min_cosine(got, ref, batch_axis))
+        self.rel_l2 = max(self.rel_l2, relative_l2(got, ref))
         self.elements += got.size
 
     def to_json(self) -> dict[str, Any]:
@@ -118,22 +112,27 @@ def new_comparison(name: str, tolerance: Tolerance) -> Comparison:
     )
 
 
-def _min_row_cosine(got: np.ndarray, ref: np.ndarray, batch_axis: int) -> float:
-    """The smallest cosine between matching rows (one per text), accumulated in float64."""
-    if got.size == 0:
-        return 1.0
+def row_cosines(got: np.ndarray, ref: np.ndarray, batch_axis: int = 0) -> np.ndarray:
+    """The cosine between matching rows (one per text, over all other axes), accumulated in float64; two zero
+    rows count as equal."""
     rows = got.shape[batch_axis]
-    g = np.moveaxis(got, batch_axis, 0).reshape(rows, -1)
-    r = np.moveaxis(ref, batch_axis, 0).reshape(rows, -1)
+    g = np.moveaxis(np.asarray(got), batch_axis, 0).reshape(rows, -1)
+    r = np.moveaxis(np.asarray(ref), batch_axis, 0).reshape(rows, -1)
     dot = np.einsum("ij,ij->i", g, r, dtype=np.float64)
     gn = np.sqrt(np.einsum("ij,ij->i", g, g, dtype=np.float64))
     rn = np.sqrt(np.einsum("ij,ij->i", r, r, dtype=np.float64))
     both_zero = (gn == 0) & (rn == 0)
-    return float(np.where(both_zero, 1.0, dot / np.maximum(gn * rn, 1e-300)).min())
+    return np.where(both_zero, 1.0, dot / np.maximum(gn * rn, 1e-300))
 
 
-PRECISION_TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
-    "fp16": Tolerance(atol=None, min_cosine=0.999, max_rel_l2=0.05),
-    "int8": Tolerance(atol=None, min_cosine=0.99, max_rel_l2=0.15),
-}
+def min_cosine(got: np.ndarray, ref: np.ndarray, batch_axis: int = 0) -> float:
+    """The smallest row cosine (1.0 for empty arrays)."""
+    return float(row_cosines(got, ref, batch_axis).min()) if np.asarray(got).size else 1.0
+
+
+def relative_l2(got: np.ndarray, ref: np.ndarray) -> float:
+    """||got - ref|| / ||ref|| over the whole array, in float64 (inf when ref is zero and got is not)."""
+    ref64 = np.asarray(ref, dtype=np.float64)
+    ref_norm = float(np.sqrt(np.sum(ref64 ** 2)))
+    err_norm = float(np.sqrt(np.sum((np.asarray(got, dtype=np.float64) - ref64) ** 2)))
+    return err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf"))
