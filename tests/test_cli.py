@@ -289,7 +289,7 @@ def test_force_replaces_only_an_export(tiny_models, tmp_path):
 def test_interrupted_swap_keeps_the_previous_export(exported, tiny_models, tmp_path, monkeypatch):
     import os
 
-    from poolx.exporter import onnx as onnx_module
+    from poolx.exporter import export as onnx_module
 
     d = fresh_copy(exported, tmp_path)
     before = checksum_tree(d)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from poolx import __version__
 from poolx.deploy.triton_tokenizer import SETTINGS, TEXT
-from poolx.errors import BrokenExportError, UsageError
+from poolx.errors import BrokenExportError, PoolxError, UsageError
 from poolx.manifest import Manifest
 from poolx.providers import CUDA, TENSORRT
 from poolx.spec import BATCH, EMBEDDING, TensorSpec
@@ -111,7 +111,10 @@ def device_kind(manifest: Manifest, kind: str) -> str:
         raise UsageError(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
     on_gpu = CUDA in manifest.variant.runs_on
     if kind == "gpu" and not on_gpu:
-        manifest.variant.check_provider(CUDA)  # raises, saying why
+        try:
+            manifest.variant.check_provider(CUDA)
+        except PoolxError as e:
+            raise UsageError(f"kind gpu: {e}") from None
     return kind if kind != "auto" else "gpu" if on_gpu else "cpu"
 
 
