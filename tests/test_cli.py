@@ -187,19 +187,6 @@ def test_poolers_lists_every_pooler():
     assert "2·D" in result.stdout and "--layer-start" in result.stdout
 
 
-def test_every_pooler_option_is_an_export_flag():
-    """Meta-test: a pooler option without a `poolx export` flag cannot be reached from the command line."""
-    import typer.main
-
-    from poolx.models import get_pooler_class, list_poolers
-
-    command = typer.main.get_command(app).commands["export"]
-    flags = {name for p in command.params for name in p.opts}
-    for pooler in list_poolers():
-        for option in get_pooler_class(pooler).options:
-            assert "--" + option.replace("_", "-") in flags, (pooler, option)
-
-
 def test_console_script_subprocess(exported, tmp_path):
     """What a user's shell sees: the installed entry point, no traceback, exit codes."""
     exe = [sys.executable, "-m", "poolx"]

@@ -22,6 +22,7 @@ from torch import nn
 
 import notebook_reference as nb
 from poolx.models import BackboneFeatures, create_pooler, list_poolers
+from poolx.models.registry import pooler_specs
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -199,10 +200,46 @@ def conv1d_pair(b: Batch, weights: str) -> tuple[nn.Module, nn.Conv1d, nn.Conv1d
     return px, cnn1, cnn2
 
 
+# Each pooler from the notebook -> the tests that hold it to the notebook's code (module "" is this one). A pooler
+# added to the registry with a notebook counterpart fails test_every_registered_pooler_is_compared_with_the_notebook
+# until its comparison is listed here; one without must say `poolx_only=True` in its registry entry.
+COMPARED = {
+    "pooler": [("", "test_pooler_is_the_notebooks_pooler_output")],
+    "cls": [("", "test_cls_matches_notebook")],
+    "mean": [("", "test_mean_matches_notebook")],
+    "max": [("", "test_max_matches_notebook_on_a_copy"), ("", "test_max_notebook_writes_into_its_input_poolx_does_not")],
+    "mean-max": [("", "test_mean_max_notebook_returns_argmax_indices"), ("", "test_mean_max_notebook_ignores_the_mask")],
+    "conv1d": [("", "test_conv1d_matches_notebook_on_unpadded_input"), ("", "test_conv1d_notebook_ignores_the_mask")],
+    "layer-cls": [("", "test_layer_cls_matches_notebook_code_with_layer_minus_1"),
+                  ("", "test_layer_cls_default_is_the_notebooks_stated_intent")],
+    "concat": [("", "test_concat_matches_notebook")],
+    "weighted": [("", "test_weighted_matches_notebook")],
+    "lstm": [("", "test_lstm_matches_notebook_on_a_proper_stack"), ("", "test_lstm_notebook_runs_on_the_scrambled_stack")],
+    "attention": [("", "test_attention_inner_matches_notebook_on_a_proper_stack"),
+                  ("", "test_attention_notebook_runs_on_the_scrambled_stack"),
+                  ("", "test_attention_notebook_parameters_are_not_registered")],
+    "wk": [("test_wk", "test_real_hidden_states_match_the_notebook"),
+           ("test_wk", "test_correlated_synthetic_layers_match_the_notebook")],
+}
+
+
 def test_every_registered_pooler_is_compared_with_the_notebook():
-    # wk is compared with the notebook's WKPooling in test_wk.py; a new pooler must be added to one of them
-    assert set(list_poolers()) == {"pooler", "cls", "mean", "max", "mean-max", "conv1d", "layer-cls", "concat",
-                                   "weighted", "lstm", "attention", "wk"}
+    import importlib
+
+    import wk_reference
+
+    specs = pooler_specs()
+    for spec in specs:  # each entry says which: a notebook counterpart, or poolx-only
+        assert (spec.notebook is not None) != spec.poolx_only, spec.name
+    assert set(COMPARED) == {s.name for s in specs if not s.poolx_only}
+    for spec in specs:
+        if spec.poolx_only:
+            continue
+        assert hasattr(nb, spec.notebook) or hasattr(wk_reference, spec.notebook), (spec.name, spec.notebook)
+        for module, test in COMPARED[spec.name]:
+            where = importlib.import_module(module) if module else globals()
+            found = getattr(where, test, None) if module else where.get(test)
+            assert callable(found), (spec.name, module, test)
 
 
 # =============================================================================================================
@@ -511,8 +548,8 @@ def test_batch_size_1_squeeze(batch):
         assert got.shape == ref_one.shape == (1, px.output_dim)
         close(ref_one, ref(torch.stack(batch.hidden_states))[:1])  # the notebook: scrambled, at any batch size
         assert differs(got, ref_one, atol=1e-4)
-    # every poolx pooler compared here works at batch size 1 and gives the batched vector
-    for name in ("pooler", "cls", "mean", "max", "mean-max", "conv1d", "layer-cls", "concat", "weighted"):
+    # every other registered pooler (with its defaults) works at batch size 1 and gives the batched vector
+    for name in [n for n in list_poolers() if n not in ("lstm", "attention")]:
         px = make(name, batch)
         with torch.no_grad():
             close(px(one), px(batch.features())[:1])

@@ -37,7 +37,7 @@ def test_finetune_save_export_verify(tiny_models, tmp_path):
     assert not torch.equal(model.backbone.embeddings.word_embeddings.weight, backbone_before)
 
     saved = model.save_pretrained(tmp_path / "trained", tokenizer)
-    assert (saved / "poolx.json").is_file() and (saved / "poolx_model.safetensors").is_file()
+    assert (saved / "poolx.json").is_file() and (saved / "pooler.safetensors").is_file()
     result = export(str(saved), tmp_path / "export")
     assert result.manifest.pooling["name"] == "attention" and result.manifest.pooling["num_labels"] == 2
     assert result.manifest.pooling["options"]["hidden_size"] == 16 and not result.untrained

@@ -19,14 +19,16 @@ from poolx.parity.verify import verify
 from poolx.variants import INT8, PRECISIONS, Variant
 
 L = 4  # layers of the tiny models
-# What onnxruntime's transformer optimizer fuses on poolx's TorchScript graphs. RoBERTa computes position ids from
-# input_ids, so its embedding stays a LayerNormalization; DeBERTa's disentangled attention is not fused.
-EXPECTED_FUSIONS = {
-    "bert": {"EmbedLayerNormalization": 1, "Attention": L, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
-    "roberta": {"LayerNormalization": 1, "Attention": L, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
-    "distilbert": {"EmbedLayerNormalization": 1, "Attention": L, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
-    "deberta-v2": {"LayerNormalization": 1, "BiasGelu": L, "SkipLayerNormalization": 2 * L},
-}
+
+
+def expected_fusions(arch: str) -> dict:
+    """What onnxruntime's transformer optimizer fuses on poolx's TorchScript graph of `arch`, as its backbone
+    adapter declares (RoBERTa computes position ids from input_ids, so its embedding stays a LayerNormalization;
+    DeBERTa's disentangled attention is not fused)."""
+    from poolx.models.backbones import adapter_for
+    from conftest import tiny_config
+
+    return adapter_for(tiny_config(arch)).expected_fusions(L)
 
 
 def ops(path) -> collections.Counter:
@@ -37,10 +39,10 @@ def ops(path) -> collections.Counter:
 def test_optimize_fuses_the_expected_ops_and_verifies(arch, tiny_models, tmp_path):
     result = export(str(tiny_models[arch]), tmp_path / "e", pooling="mean", optimize=True)
     graph = result.manifest.graph
-    assert graph["fusions"] == EXPECTED_FUSIONS[arch]
+    assert graph["fusions"] == expected_fusions(arch)
     assert result.manifest.variant.to_json() == {"precision": "fp32", "fused": True, "target": "cpu"}
     counts = ops(tmp_path / "e" / "model.onnx")
-    for op, n in EXPECTED_FUSIONS[arch].items():
+    for op, n in expected_fusions(arch).items():
         assert counts[op] == n
     report = verify(tmp_path / "e")
     assert report.variant == "fp32 optimized for cpu"

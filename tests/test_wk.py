@@ -72,7 +72,7 @@ def correlated_layers(batch=3, seq=12, layers=13, dim=48, step=0.35, seed=0):
     return tuple(hidden), mask
 
 
-@pytest.mark.parametrize("layer_start,window", [(4, 2), (0, 2), (2, 1), (1, 3), (3, 2)])
+@pytest.mark.parametrize("layer_start,window", [(4, 2), (2, 1), (1, 3)])  # the synthetic test below adds 5 more
 def test_real_hidden_states_match_the_notebook(minilm_hidden, layer_start, window):
     hidden, mask = minilm_hidden
     hidden64 = tuple(h.double() for h in hidden)
@@ -127,8 +127,8 @@ def test_tokens_used_are_cls_to_the_second_to_last_real_token():
         (4, 3, "leaves 3 layer"),  # K = w: a one-column window (the notebook's NaN)
         (7, 2, "out of range"),
         (-1, 2, "out of range"),
-        (0, 0, "window must be at least 1"),
-        (0, -2, "window must be at least 1"),
+        (0, 0, "window must be a positive integer"),
+        (0, -2, "window must be a positive integer"),
     ],
 )
 def test_too_few_layers_or_bad_options_are_refused(layer_start, window, message):
@@ -182,11 +182,11 @@ def test_half_precision_hidden_states(minilm_hidden, dtype):
     assert rel(poolx_wk(half, mask, 4, 2, "float32").float(), ref) < 1e-2
 
 
-def test_exported_graph_has_no_loops_and_verifies(tmp_path):
+def test_exported_graph_has_no_loops_and_verifies(tiny_models, tmp_path):
     from poolx.exporter.export import export
     from poolx.parity.verify import verify
 
-    export(None, tmp_path / "wk", pooling="wk", layer_start=2, window=2)
+    export(str(tiny_models["bert"]), tmp_path / "wk", pooling="wk", layer_start=1, window=2)
     graph = onnx.load(str(tmp_path / "wk" / "model.onnx"))
     ops = collections.Counter(n.op_type for n in graph.graph.node)
     assert not {"Loop", "If", "Scan"} & set(ops), ops
@@ -199,7 +199,7 @@ def test_cli_refuses_bad_window_before_writing(tmp_path):
 
     from poolx.cli import app
 
-    for args, needle in ((["--window", "-1"], "window must be at least 1"), (["--layer-start", "5"], "leaves 2 layer")):
+    for args, needle in ((["--window", "-1"], "window must be a positive integer"), (["--layer-start", "5"], "leaves 2 layer")):
         result = CliRunner().invoke(app, ["export", "-p", "wk", "-o", str(tmp_path / "o"), *args])
         assert result.exit_code == 2 and needle in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,8 @@ _API = {
     "export": "poolx.exporter.export",
     "verify": "poolx.parity.verify",
     "IOSpec": "poolx.spec",
+    "Variant": "poolx.variants",
+    "Provider": "poolx.providers",
     "Manifest": "poolx.manifest",
     "PoolxError": "poolx.errors",
 }

@@ -86,7 +86,31 @@ def _int_list(value: Optional[str], what: str) -> Optional[list[int]]:
     return items
 
 
+def _with_pooler_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` (which takes `**pooler_options`) one `--flag` per pooler option declared in the registry
+    (`poolx.models.registry.cli_flags`, torch-free), after its `pooling` parameter, through `__signature__`, which
+    Typer reads."""
+    import inspect
+
+    from poolx.models.registry import cli_flags
+
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = [p.name for p in params].index("pooling") + 1
+    flags = [
+        inspect.Parameter(
+            f.param, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+            annotation=Annotated[Optional[f.type], typer.Option(
+                f.flag, help=f.help, metavar=f.metavar, rich_help_panel=POOLER_OPTIONS, show_default=False)],
+        )
+        for f in cli_flags()
+    ]
+    command.__signature__ = signature.replace(parameters=params[:at] + flags + params[at:])  # type: ignore[attr-defined]
+    return command
+
+
 @app.command()
+@_with_pooler_flags
 def export(
     model: Annotated[Optional[str], typer.Argument(
         help="Model to export: a local Hugging Face or poolx model directory, or a hub id already in the local "
@@ -95,17 +119,6 @@ def export(
     pooling: Annotated[Optional[str], typer.Option(
         "--pooling", "-p", help="Pooler name (see `poolx poolers`). Default: mean, or the trained pooler of a poolx "
         "model directory.", show_default=False)] = None,
-    layer: Annotated[Optional[int], typer.Option(help="layer-cls: hidden_states index, negative from the top (default -2).", rich_help_panel=POOLER_OPTIONS)] = None,
-    layers: Annotated[Optional[str], typer.Option(help="concat: comma-separated hidden_states indices (default -1,-2,-3,-4).", rich_help_panel=POOLER_OPTIONS)] = None,
-    layer_start: Annotated[Optional[int], typer.Option(help="weighted, wk: first hidden_states index used (default 4).", rich_help_panel=POOLER_OPTIONS)] = None,
-    token: Annotated[Optional[str], typer.Option(help="weighted: 'cls' (first token, default) or 'mean' (masked mean).", rich_help_panel=POOLER_OPTIONS)] = None,
-    hidden_size: Annotated[Optional[int], typer.Option(help="lstm: LSTM size (default 256); attention: projection size (default 128).", rich_help_panel=POOLER_OPTIONS)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="lstm, attention: dropout in training (default 0.1).", rich_help_panel=POOLER_OPTIONS)] = None,
-    channels: Annotated[Optional[int], typer.Option(help="conv1d: channels of the first convolution (default 256).", rich_help_panel=POOLER_OPTIONS)] = None,
-    out_channels: Annotated[Optional[int], typer.Option(help="conv1d: output channels = output width (default 1).", rich_help_panel=POOLER_OPTIONS)] = None,
-    kernel_size: Annotated[Optional[int], typer.Option(help="conv1d: kernel size (default 2).", rich_help_panel=POOLER_OPTIONS)] = None,
-    window: Annotated[Optional[int], typer.Option(help="wk: context window, layers on each side (default 2).", rich_help_panel=POOLER_OPTIONS)] = None,
-    compute: Annotated[Optional[str], typer.Option(help="wk: dtype of the Gram part, float64 (default) or float32.", rich_help_panel=POOLER_OPTIONS)] = None,
     num_labels: Annotated[Optional[int], typer.Option(help="Add a Linear(width, N) head; the graph then also outputs `logits`.")] = None,
     outputs: Annotated[Optional[str], typer.Option(
         help="Also output the backbone's raw tensors, comma-separated: last_hidden_state, pooler_output, "
@@ -132,6 +145,7 @@ def export(
     triton: Annotated[Optional[Path], typer.Option(
         help="Also write a Triton model repository here (same as `poolx triton OUTPUT REPO` afterwards).",
         show_default=False)] = None,
+    **pooler_options: Any,
 ) -> None:
     """Export MODEL with a pooler as one ONNX graph, with its tokenizer and a manifest, checked against eager
     PyTorch before anything is written."""
@@ -139,6 +153,7 @@ def export(
     def body() -> None:
         from poolx.errors import UsageError
         from poolx.exporter.export import export as run_export
+        from poolx.models.registry import parse_cli_options
 
         if triton is not None and triton.exists() and not force and (not triton.is_dir() or any(triton.iterdir())):
             raise UsageError(f"--triton {triton} exists; pass --force to replace it, or choose another directory")
@@ -146,10 +161,9 @@ def export(
             model, output, pooling=pooling, num_labels=num_labels,
             raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
             opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
-            layer=layer, layers=_int_list(layers, "--layers"), layer_start=layer_start, token=token,
-            hidden_size=hidden_size, dropout=dropout, channels=channels, out_channels=out_channels,
-            kernel_size=kernel_size, window=window, compute=compute, precision=precision, optimize=optimize,
+            precision=precision, optimize=optimize,
             target=target, calibration=_read_texts(calibration, "--calibration", limit=None) if calibration else None,
+            **parse_cli_options(pooler_options),
         )
         m = result.manifest
         outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)
@@ -278,20 +292,13 @@ def poolers() -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from poolx.models.registry import create_pooler, get_pooler_class, list_poolers
+        from poolx.models.registry import describe_poolers
 
         table = Table("name", "reads", "width", "learned", "options", show_lines=True)
-        for name in list_poolers():
-            cls = get_pooler_class(name)
-            sample = create_pooler(name, width=1000, num_layers=12)
-            dim = sample.output_dim
-            width = ("D" if dim == 1000 else f"{dim // 1000}·D") if dim % 1000 == 0 else f"{dim} (option)"
-            paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-            summary = paragraph.split(". ")[0].rstrip(".") + "."
-            opts = "\n".join(f"--{k.replace('_', '-')}: {v}" for k, v in cls.options.items()) or "-"
+        for d in describe_poolers():
             table.add_row(
-                f"[bold]{name}[/]\n{escape(summary)}", cls.reads, width, "yes" if sample.has_parameters else "no",
-                escape(opts),
+                f"[bold]{d.name}[/]\n{escape(d.summary)}", d.reads, escape(d.width), d.learned,
+                escape("\n".join(d.options) or "-"),
             )
         Console().print(table)
         typer.echo("D = the backbone's hidden size; learned parameters are trained with PooledEncoder.")
@@ -304,8 +311,8 @@ def embed(
     directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to embed and print (or use --input).", show_default=False)] = None,
     input: Annotated[Optional[Path], typer.Option(
-        "--input", "-i", help="Embed a file: .txt (a text a line; blank lines are empty texts), .jsonl/.csv/.tsv "
-        "(the --column field) or .parquet.", show_default=False)] = None,
+        "--input", "-i", help="Embed a file: .txt (a text a line; blank lines are empty texts), .jsonl/.ndjson/.json (JSON "
+        "Lines), .csv/.tsv (the --column field) or .parquet (a file or a directory of parts).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write the embeddings: .npy, .parquet or .jsonl (rows in input order). Written "
         "to a temporary file and moved into place only when complete.", show_default=False)] = None,
@@ -318,8 +325,8 @@ def embed(
     force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
     dims: Annotated[int, typer.Option(help="Printed texts: how many leading dimensions to show.")] = 6,
     engine: Annotated[str, typer.Option(
-        help="local (this process) or ray (Ray Data actors on a cluster; --input/--output only; the output is a "
-        "directory of .parquet/.jsonl part files).", rich_help_panel="Ray")] = "local",
+        help="local (this process) or ray (Ray Data actors on a cluster; --input/--output only; the same "
+        "formats and the same output file).", rich_help_panel="Ray")] = "local",
     address: Annotated[Optional[str], typer.Option(
         help="ray: the cluster to join (host:port, ray://host:port or auto); default: start a local one.",
         show_default=False, rich_help_panel="Ray")] = None,
@@ -356,22 +363,20 @@ def embed(
                 provider=provider, address=address, actors=actors,
                 threads=threads or 1, normalize=normalize, force=force,
             )
-            typer.echo(f"wrote {rows} embeddings to {output}/")
+            typer.echo(f"wrote {rows} embeddings to {output}")
             return
-        from poolx import textio
+        from poolx import corpus
 
-        if output:
-            textio.check_output(output, force, input_path=input)
-            if id_column and output.suffix.lower() == ".npy":
-                raise UsageError("--id-column needs a .parquet or .jsonl output (.npy holds only the vectors, in input order)")
-            corpus = textio.read_corpus(input, column=column, id_column=id_column)
+        if output:  # the output, the input's header and first rows are checked before the model loads
+            corpus.check_output(output, force, input_path=input, ids=id_column is not None)
+            reader = corpus.open_corpus(input, column=column, id_column=id_column)
         from poolx.runtime.embedder import Embedder
 
         embedder = Embedder(directory, provider, threads=threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the truncation note is printed once below
             if output:
-                _embed_file(embedder, corpus, output, batch_size, normalize, force)
+                _embed_file(embedder, reader, output, batch_size, normalize, force)
             else:
                 vectors = embedder.embed(texts, batch_size=batch_size, normalize=normalize)
                 for text, vec in zip(texts, vectors):
@@ -386,25 +391,20 @@ def embed(
     _run(body)
 
 
-CHUNK = 4096  # texts embedded (sorted by length within) and written per step
-
-
-def _embed_file(embedder: Any, corpus: Any, output: Path, batch_size: int, normalize: bool, force: bool) -> None:
+def _embed_file(embedder: Any, reader: Any, output: Path, batch_size: int, normalize: bool, force: bool) -> None:
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from poolx.textio import EmbeddingWriter
+    from poolx.corpus import embed_file
 
     start = time.perf_counter()
     columns = (
         TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} texts/s"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=_stderr(), transient=False) as bar, EmbeddingWriter(
-        output, embedder.width, len(corpus), ids=corpus.ids, force=force
-    ) as writer:
-        task = bar.add_task("embed", total=len(corpus), rate="-")
+    with Progress(*columns, console=_stderr(), transient=False) as bar:
+        task = bar.add_task("embed", total=reader.total, rate="-")  # total: None where unknown until read through
         done = 0
 
         def advance(n: int) -> None:
@@ -412,13 +412,15 @@ def _embed_file(embedder: Any, corpus: Any, output: Path, batch_size: int, norma
             done += n
             bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - start, 1e-9):,.0f}")
 
-        for first in range(0, len(corpus), CHUNK):
-            chunk = corpus.texts[first:first + CHUNK]
-            writer.write(first, embedder.embed(chunk, batch_size=batch_size, normalize=normalize, progress=advance))
-    seconds = time.perf_counter() - start
+        try:
+            result = embed_file(embedder, reader, output, batch_size=batch_size, normalize=normalize, force=force,
+                                progress=advance)
+        except BaseException:  # bad input further in the file: the error alone, not a half-filled bar
+            bar.update(task, visible=False)
+            raise
     typer.echo(
-        f"wrote {len(corpus)} embeddings (dim {embedder.width}) to {output} in {seconds:.1f}s "
-        f"({len(corpus) / max(seconds, 1e-9):,.0f} texts/s on {embedder.provider})"
+        f"wrote {result.rows} embeddings (dim {embedder.width}) to {output} in {result.seconds:.1f}s "
+        f"({result.rows / max(result.seconds, 1e-9):,.0f} texts/s on {embedder.provider})"
     )
 
 

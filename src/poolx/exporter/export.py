@@ -20,13 +20,10 @@ from poolx.exporter.trace import (
 )
 from poolx.manifest import MANIFEST, Manifest, checksum_tree, source_weights
 from poolx.models.encoder import PooledEncoder
-from poolx.models.loading import ModelSource, default_max_length, load_tokenizer, position_limit, resolve_source
+from poolx.models.loading import ModelSource, default_max_length, load_tokenizer, resolve_source
 from poolx.models.registry import get_pooler_class
 from poolx.staging import staged_directory
 from poolx.variants import FP16, INT8, Variant
-
-POOLER_WEIGHTS = "pooler.safetensors"
-
 
 @dataclass
 class ExportResult:
@@ -99,35 +96,29 @@ def export(
     tokenizer = load_tokenizer(source)
     encoder = PooledEncoder.from_pretrained(source, pooling, num_labels, seed=seed, **options).eval()
     spec = io_spec(encoder, raw_outputs)
-    limit = position_limit(encoder.backbone.config, tokenizer)
+    limit = encoder.position_limit
     if max_length is None:
-        max_length = default_max_length(source, encoder.backbone.config, tokenizer)
+        max_length = default_max_length(source, limit, tokenizer)
     elif not 2 <= max_length <= limit:
         raise UsageError(f"max_length {max_length} is out of range for this model; use 2..{limit}")
 
     with staged_directory(output) as tmp:
         graph = trace(encoder, spec, tokenizer, tmp, opset)
-        tokenizer.padding_side = "right"  # what the graph's poolers assume, and what the runtime does
+        tokenizer.padding_side = encoder.adapter.padding_side  # what the graph's poolers assume and the runtime does
         tokenizer.save_pretrained(tmp)
-        head_state = encoder.head_state_dict()
-        if head_state:
-            from safetensors.torch import save_file
+        from poolx.models.head import save_head
 
-            save_file(head_state, str(tmp / POOLER_WEIGHTS))
+        head = save_head(tmp, encoder)  # pooler.safetensors + the pooling object a model's poolx.json holds
         manifest = Manifest(
             source=_describe_source(source, encoder),
-            pooling={
-                "name": encoder.pooler.name, "options": encoder.pooler.config(),
-                "output_dim": encoder.pooler.output_dim, "num_labels": encoder.num_labels,
-                "weights": POOLER_WEIGHTS if head_state else None, "seed": seed,
-            },
+            pooling={**head, "seed": seed},
             graph={"file": GRAPH_FILE, "opset": opset, "exporter": "torchscript", "external_data": None,
                    "attention": "eager", "fusions": None, "quantization": None},
             io=spec,
             tokenizer={
                 "max_length": max_length, "pad_token": tokenizer.pad_token,
                 "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-                "padding_side": "right",
+                "padding_side": encoder.adapter.padding_side,
             },
             versions=library_versions(),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -143,7 +134,7 @@ def export(
         quick_check(tmp, encoder, manifest)  # the exporter's own parity gate: nothing is moved into place without it
         manifest.files = checksum_tree(tmp)
         manifest.write(tmp)
-    untrained = bool(head_state) and not source.is_poolx
+    untrained = head["weights"] is not None and not source.is_poolx
     return ExportResult(output, manifest, time.perf_counter() - start, untrained)
 
 
@@ -168,12 +159,12 @@ def build_variant(
             manifest.graph["quantization"] = {**result.to_json(), "calibration_texts": len(texts)}
             if variant.fused:
                 optimized, manifest.graph["fusions"] = fuse(
-                    model, encoder.backbone.config, variant.target, attention=False, model_type=_optimizer_model_type(encoder),
+                    model, encoder.backbone.config, variant.target, attention=False, model_type=encoder.adapter.optimizer_model_type,
                 )
                 model = optimized.model
         elif variant.fused:
             optimized, manifest.graph["fusions"] = fuse(
-                model, encoder.backbone.config, variant.target, model_type=_optimizer_model_type(encoder),
+                model, encoder.backbone.config, variant.target, model_type=encoder.adapter.optimizer_model_type,
             )
             if variant.precision is FP16:
                 manifest.graph["fp32_nodes"] = to_fp16(optimized)
@@ -184,10 +175,6 @@ def build_variant(
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ExportError(f"building the {variant.label} graph failed: {first}") from None
     return model
-
-
-def _optimizer_model_type(encoder: PooledEncoder) -> str:
-    return "bert"
 
 
 def _check_output(output: Path, force: bool) -> Path:

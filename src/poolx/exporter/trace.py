@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from poolx.errors import ExportError, PoolxError, UsageError
-from poolx.models.encoder import RAW_OUTPUTS, PooledEncoder, has_pooler_head
+from poolx.models.encoder import RAW_OUTPUTS, PooledEncoder
 from poolx.spec import EXPORT_EXAMPLE_SHAPE, IOSpec
 
 GRAPH_FILE = "model.onnx"
@@ -45,7 +45,7 @@ def io_spec(encoder: PooledEncoder, raw_outputs: Sequence[str] = ()) -> IOSpec:
     unknown = [r for r in raw_outputs if r not in RAW_OUTPUTS]
     if unknown:
         raise UsageError(f"unknown output {unknown[0]!r}; extra outputs are: {', '.join(RAW_OUTPUTS)}")
-    if "pooler_output" in raw_outputs and not has_pooler_head(encoder.backbone):
+    if "pooler_output" in raw_outputs and not encoder.has_pooler_head:
         raise UsageError(f"{type(encoder.backbone).__name__} has no pooler head, so it has no pooler_output to export")
     config = encoder.backbone.config
     return IOSpec.build(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from poolx.models.registry import PoolerSpec
 
 
 class BackboneFeatures(NamedTuple):
@@ -22,31 +25,41 @@ class BackboneFeatures(NamedTuple):
 class Pooler(nn.Module):
     """Turns backbone features into one vector per text.
 
-    Subclasses are registered with `@register_pooler(name)`, take `(width, num_layers, **options)` in their
-    constructor (where they validate the options and raise `UsageError`), keep `forward` free of Python control flow
-    that depends on data, and return their options from `config()` so a pooler round-trips through JSON.
-    """
+    Its options are declared once, in its registry entry (`PoolerSpec.options`, see poolx.models.options). The
+    constructor takes `(width, num_layers, **options)`, validates the options against that declaration (unknown
+    options and bad values raise UsageError naming the option and its valid range), sets each as an attribute of
+    the same name, then calls `build()`, where a subclass creates its modules and parameters and makes any check
+    that spans several options. `forward` stays free of Python control flow that depends on data; `config()`
+    returns the options, so a pooler round-trips through JSON."""
 
+    spec: ClassVar["PoolerSpec"]  # attached by the registry
     name: ClassVar[str] = ""
     reads: ClassVar[str] = "last_hidden_state"  # what it reads, for `poolx poolers`
     needs_hidden_states: ClassVar[bool] = False
     needs_pooler_output: ClassVar[bool] = False
-    # option name -> help text, shown by `poolx poolers` and used to reject options a pooler does not take
-    options: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, width: int, num_layers: int) -> None:
+    def __init__(self, width: int, num_layers: int, **options: Any) -> None:
         super().__init__()
-        self.width = width  # the backbone's hidden size D
-        self.num_layers = num_layers  # L, the backbone's transformer layers (hidden_states has L+1 entries)
+        from poolx.models.registry import spec_of_class
+
+        spec = spec_of_class(type(self))
+        self.width = int(width)  # the backbone's hidden size D
+        self.num_layers = int(num_layers)  # L, the backbone's transformer layers (hidden_states has L+1 entries)
+        for key, value in spec.validate(options, self.num_layers).items():
+            setattr(self, key, value)
+        self.build()
+
+    def build(self) -> None:
+        """Create modules and parameters from the (validated) option attributes. Default: nothing."""
 
     @property
     def output_dim(self) -> int:
-        """Width of the pooled vector."""
-        return self.width
+        """Width of the pooled vector: what the registry entry's `width` says."""
+        return self.spec.width_of(self.width, self.config())
 
     def config(self) -> dict[str, Any]:
-        """The constructor options (not width / num_layers, which come from the backbone)."""
-        return {}
+        """The options (not width / num_layers, which come from the backbone), JSON-ready."""
+        return {o.name: _plain(getattr(self, o.name)) for o in self.spec.options}
 
     @property
     def has_parameters(self) -> bool:
@@ -59,14 +72,10 @@ class Pooler(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
 
 
-def resolve_layer(index: int, num_layers: int, what: str = "layer") -> int:
-    """Map a hidden_states index (negative counts from the top) to 0..L, or raise a UsageError naming the range."""
-    from poolx.errors import UsageError
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
-    n = num_layers + 1
-    if not -n <= index < n:
-        raise UsageError(
-            f"{what} {index} is out of range: this backbone has {n} hidden states "
-            f"(embeddings + {num_layers} layers); use 0..{num_layers} or -{n}..-1"
-        )
-    return index % n
+
+def resolve_layer(index: int, num_layers: int) -> int:
+    """Map a hidden_states index (negative counts from the top; already validated) to 0..L."""
+    return index % (num_layers + 1)

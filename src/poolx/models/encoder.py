@@ -3,34 +3,32 @@
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from poolx.errors import ModelLoadError, UsageError
+from poolx.errors import BrokenExportError, ModelLoadError, PoolxError, UsageError
+from poolx.models.backbones import BackboneAdapter, adapter_for
 from poolx.models.base import BackboneFeatures, Pooler
-from poolx.models.loading import POOLX_CONFIG, ModelSource, load_backbone, resolve_source
-from poolx.models.registry import create_pooler, get_pooler_class, list_poolers
+from poolx.models.head import PoolingConfig, load_state, read_model_head, read_pooling, write_model_head
+from poolx.models.loading import POOLX_CONFIG, ModelSource, load_backbone, missing_keys, resolve_source
+from poolx.models.registry import create_pooler, get_spec, list_poolers
 
-SCHEMA_VERSION = 1
-WEIGHTS_FILE = "poolx_model.safetensors"  # pooler + head weights; the backbone keeps its own model.safetensors
 RAW_OUTPUTS = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
 
 
 def has_pooler_head(backbone: nn.Module) -> bool:
-    return getattr(backbone, "pooler", None) is not None and not getattr(backbone, "_poolx_pooler_missing", False)
+    """Whether the backbone's pooler_output comes from a trained pooler head (its adapter's judgement, with what
+    loading found missing from the checkpoint)."""
+    return adapter_for(backbone.config).has_pooler_head(backbone, missing_keys(backbone))
 
 
 def accepts_token_type_ids(backbone: nn.Module) -> bool:
-    """Whether token_type_ids is a graph input: the backbone takes it and has more than one token type
-    (RoBERTa has one, DistilBERT none, DeBERTa-v2 usually none)."""
-    takes = "token_type_ids" in inspect.signature(backbone.forward).parameters
-    return takes and int(getattr(backbone.config, "type_vocab_size", 0) or 0) > 1
+    """Whether token_type_ids is a graph input (the backbone adapter's `uses_token_type_ids`)."""
+    return adapter_for(backbone.config).uses_token_type_ids(backbone.config, backbone)
 
 
 class PooledEncoder(nn.Module):
@@ -42,11 +40,14 @@ class PooledEncoder(nn.Module):
 
     def __init__(self, backbone: nn.Module, pooler: Pooler, num_labels: int | None = None) -> None:
         super().__init__()
-        if pooler.needs_pooler_output and not has_pooler_head(backbone):
-            others = ", ".join(n for n in list_poolers() if not get_pooler_class(n).needs_pooler_output)
+        adapter = adapter_for(backbone.config)
+        pooler_head = adapter.has_pooler_head(backbone, missing_keys(backbone))
+        if pooler.needs_pooler_output and not pooler_head:
+            others = ", ".join(n for n in list_poolers() if not get_spec(n).needs_pooler_output)
             why = (
                 "its pooler head's weights are missing from the checkpoint (they would be random)"
-                if getattr(backbone, "pooler", None) is not None else "has no pooler head"
+                if getattr(backbone, "pooler", None) is not None and adapter.pooler_head is not False
+                else "has no pooler head"
             )
             raise UsageError(f"pooler 'pooler' cannot be used: this {type(backbone).__name__} {why}; use one of: {others}")
         if num_labels is not None and (isinstance(num_labels, bool) or int(num_labels) < 1):
@@ -55,7 +56,11 @@ class PooledEncoder(nn.Module):
         self.pooler = pooler
         self.num_labels = None if num_labels is None else int(num_labels)
         self.head = nn.Linear(pooler.output_dim, self.num_labels) if self.num_labels else None
-        self.uses_token_type_ids = accepts_token_type_ids(backbone)
+        self.adapter: BackboneAdapter = adapter  # the backbone's family (poolx.models.backbones)
+        self.has_pooler_head = pooler_head
+        self.input_names = adapter.input_names(backbone.config, backbone)
+        self.uses_token_type_ids = "token_type_ids" in self.input_names
+        self.position_limit = adapter.position_limit(backbone.config, backbone)  # longest sequence it accepts
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -86,19 +91,43 @@ class PooledEncoder(nn.Module):
         backbone = load_backbone(source)
         if not source.is_poolx:
             return cls.from_backbone(backbone, pooling or "mean", num_labels, seed, **options)
-        saved = source.poolx_config()
-        name, saved_options = _saved_pooling(saved, source.path)
-        if pooling is not None and pooling != name:
+        config, weights = read_model_head(source.path)
+        if pooling is not None and pooling != config.name:
             raise UsageError(
-                f"{source.path} holds a trained {name!r} pooler; drop --pooling (or pass the backbone directory)"
+                f"{source.path} holds a trained {config.name!r} pooler; drop --pooling (or pass the backbone directory)"
             )
         if options or num_labels is not None:
             raise UsageError(
                 f"{source.path} holds a trained pooler and head; its options come from {POOLX_CONFIG}, "
                 "drop the pooler and head options"
             )
-        encoder = cls.from_backbone(backbone, name, saved.get("num_labels"), None, **saved_options)
-        encoder.load_head_weights(source.path / WEIGHTS_FILE)
+        return cls._from_saved_head(backbone, config, weights, ModelLoadError, "re-save the model")
+
+    @classmethod
+    def from_export(
+        cls, pooling: Mapping[str, Any], backbone: nn.Module, directory: str | os.PathLike[str],
+    ) -> "PooledEncoder":
+        """The encoder an export holds: `pooling` is its manifest's "pooling" section (any schema), `backbone`
+        the source backbone (loaded by the caller, e.g. with `load_backbone`), `directory` the export directory
+        holding the weights file it names. Raises BrokenExportError when the section or the weights are broken."""
+        config, weights = read_pooling(pooling, "manifest.json", BrokenExportError)
+        path = Path(directory) / weights if weights else None
+        return cls._from_saved_head(backbone, config, path, BrokenExportError, "re-export")
+
+    @classmethod
+    def _from_saved_head(
+        cls, backbone: nn.Module, config: PoolingConfig, weights: Path | None, error: type[PoolxError], fix: str,
+    ) -> "PooledEncoder":
+        try:
+            encoder = cls.from_backbone(backbone, config.name, config.num_labels, None, **config.options)
+        except UsageError as e:
+            raise error(f"the saved pooler does not fit this backbone: {e}; {fix}") from None
+        if config.output_dim is not None and config.output_dim != encoder.pooler.output_dim:
+            raise error(
+                f"the saved {config.name!r} pooler is {config.output_dim} wide but builds {encoder.pooler.output_dim} "
+                f"wide on this backbone; {fix}"
+            )
+        encoder.load_head(weights, error, fix)
         return encoder
 
     # ---- forward ------------------------------------------------------------------------------------------
@@ -151,13 +180,9 @@ class PooledEncoder(nn.Module):
     def num_layers(self) -> int:
         return int(self.backbone.config.num_hidden_layers)
 
-    def pooling_config(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "pooling": {"name": self.pooler.name, "options": self.pooler.config()},
-            "num_labels": self.num_labels,
-            "output_dim": self.pooler.output_dim,
-        }
+    def pooling_config(self) -> PoolingConfig:
+        """The pooler and head's config, as poolx.json and manifest.json's "pooling" record it."""
+        return PoolingConfig(self.pooler.name, self.pooler.config(), self.num_labels, self.pooler.output_dim)
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """Pooler and head parameters/buffers (everything but the backbone), contiguous, for safetensors."""
@@ -165,48 +190,32 @@ class PooledEncoder(nn.Module):
             k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")
         }
 
-    def load_head_weights(self, path: Path) -> None:
+    def load_head(self, path: Path | None, error: type[PoolxError] = ModelLoadError, fix: str = "re-save the model") -> None:
+        """Load the pooler/head weights from a safetensors file (None: there is none, which is right only for a
+        pooler and head without weights). Keys and shapes must match exactly."""
         expected = set(self.head_state_dict())
         if not expected:
             return
-        if not path.is_file():
-            raise ModelLoadError(f"{path} is missing: the trained pooler/head weights are not there; re-save the model")
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for corrupted files
-            raise ModelLoadError(f"{path} is not a readable safetensors file ({e}); re-save the model") from None
+        if path is None:
+            raise error(f"no pooler/head weights are recorded for this {self.pooler.name!r} pooler; {fix}")
+        state = load_state(Path(path), error, fix)
         if set(state) != expected:
-            raise ModelLoadError(
-                f"{path} does not match the pooler in {POOLX_CONFIG}: expected {sorted(expected)}, "
-                f"found {sorted(state)}"
+            raise error(
+                f"{path} does not match the {self.pooler.name!r} pooler: expected {sorted(expected)}, "
+                f"found {sorted(state)}; {fix}"
             )
         try:
             self.load_state_dict(state, strict=False)
         except RuntimeError as e:
-            raise ModelLoadError(f"{path} does not fit the pooler ({str(e).splitlines()[0]})") from None
+            raise error(f"{path} does not fit the pooler ({str(e).splitlines()[0]}); {fix}") from None
 
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: Any | None = None) -> Path:
         """Write a poolx model directory: the backbone in Hugging Face layout (config.json, model.safetensors),
-        the tokenizer if given, poolx.json (pooler name, options, head), and poolx_model.safetensors."""
-        from safetensors.torch import save_file
-
+        the tokenizer if given, poolx.json (the pooling config) and pooler.safetensors (see poolx.models.head)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(directory, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
-        save_file(self.head_state_dict(), str(directory / WEIGHTS_FILE))
-        (directory / POOLX_CONFIG).write_text(json.dumps(self.pooling_config(), indent=2) + "\n")
+        write_model_head(directory, self)
         return directory
-
-
-def _saved_pooling(saved: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        if int(saved.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise ModelLoadError(f"{path / POOLX_CONFIG} was written by a newer poolx; upgrade poolx")
-        pooling = saved["pooling"]
-        return str(pooling["name"]), dict(pooling.get("options") or {})
-    except (KeyError, TypeError, AttributeError):
-        raise ModelLoadError(f"{path / POOLX_CONFIG} has no valid 'pooling' entry; re-save the model") from None

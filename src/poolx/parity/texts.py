@@ -3,6 +3,12 @@ one-token word to inputs far beyond 512 tokens (so truncation is exercised at an
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from poolx.errors import UsageError
+
+MAX_USER_TEXTS = 100  # `poolx verify --texts`: the first 100 non-blank lines
+
 _LONG_EN = (
     "Numerical fidelity is the product. An exported graph is only useful if it computes what the eager model "
     "computes, on real text, at every batch size and length a production pipeline will send it, with padding. "
@@ -32,3 +38,20 @@ VERIFY_TEXTS: tuple[str, ...] = (
     _LONG_DE * 20 + _LONG_EN * 10,  # far beyond 512 tokens
     _LONG_EN * 30,  # ~1100 tokens
 )
+
+
+def read_texts(path: Path, option: str, limit: int | None = MAX_USER_TEXTS) -> tuple[str, ...]:
+    """The non-blank lines of a UTF-8 text file (the first `limit`), for `--texts` and `--calibration`; a one-line
+    UsageError naming `option` for a missing, unreadable, non-UTF-8 or empty file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{option} {path} is not UTF-8 (byte {e.start}); convert it first") from None
+    except OSError as e:
+        raise UsageError(f"{option} {path}: {e.strerror}") from None
+    texts = tuple(line for line in lines if line.strip())[:limit]
+    if not texts:
+        raise UsageError(f"{option} {path} has no text; write one text per line")
+    return texts

@@ -148,17 +148,20 @@ def compare_on(
 
 def verify(
     directory: str | Path, *, source: str | None = None, tolerance: Tolerance | None = None, provider: str | None = None,
-    texts: Sequence[str] = VERIFY_TEXTS, raise_on_failure: bool = True,
+    texts: Sequence[str] = VERIFY_TEXTS, raise_on_failure: bool = True, atol: float | None = None,
+    rtol: float | None = None, min_cosine: float | None = None,
 ) -> VerifyReport:
     """Verify an export directory on `provider` (default: the graph's target when this onnxruntime can run it, else
-    the CPU, said in the report's notes). Raises BrokenExportError when the directory is broken (missing files, a
-    checksum mismatch, an unreadable graph) and, unless raise_on_failure is False, ParityError when any check
-    or comparison fails; the report is on the error (`err.report`)."""
+    the CPU, said in the report's notes), against `tolerance` (default: the bound of the graph's variant, with any
+    of `atol`, `rtol`, `min_cosine` replaced). Raises BrokenExportError when the directory is broken (missing
+    files, a checksum mismatch, an unreadable graph) and, unless raise_on_failure is False, ParityError when any
+    check or comparison fails; the report is on the error (`err.report`)."""
     from poolx.runtime.tokenizer import TextEncoder
 
     start = time.perf_counter()
     directory = Path(directory)
     manifest = Manifest.read(directory)
+    tolerance = tolerance or manifest.variant.tolerance.override(atol, rtol, min_cosine)
     manifest.check_files(directory)
     checks = [Check("checksums", True, f"{len(manifest.files)} files match manifest.json")]
     graph = directory / manifest.graph_file
@@ -173,8 +176,7 @@ def verify(
     encoder = rebuild_encoder(manifest, directory, source)
     plan = cases(texts, text_encoder.lengths(texts), manifest.max_length)
     outputs, shapes = compare_on(
-        OnnxRunner(graph, chosen), encoder, manifest.io, text_encoder, texts, plan,
-        tolerance or manifest.variant.tolerance,
+        OnnxRunner(graph, chosen), encoder, manifest.io, text_encoder, texts, plan, tolerance,
     )
     report = VerifyReport(
         str(directory), outputs, checks, shapes, time.perf_counter() - start, chosen.name, manifest.variant.label, notes,

@@ -3,14 +3,11 @@ on a layer axis and produce `hidden_size` features followed by dropout."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from poolx.models.base import BackboneFeatures, Pooler
 from poolx.models.masking import first_token
-from poolx.models.poolers._checks import positive_int, probability
 
 
 def stack_layer_cls(features: BackboneFeatures) -> torch.Tensor:
@@ -20,19 +17,11 @@ def stack_layer_cls(features: BackboneFeatures) -> torch.Tensor:
 
 
 class LayerSequencePooler(Pooler):
-    reads = "hidden_states"
-    needs_hidden_states = True
-    default_hidden_size = 0  # set by subclasses
+    """Options hidden_size (the output width) and dropout (the probability; the module is `self.drop`, which has
+    no parameters, so it adds nothing to the state_dict)."""
 
-    def __init__(self, width: int, num_layers: int, hidden_size: int | None = None, dropout: float = 0.1) -> None:
-        super().__init__(width, num_layers)
-        self.hidden_size = positive_int("hidden_size", self.default_hidden_size if hidden_size is None else hidden_size)
-        self.dropout_p = probability("dropout", dropout)
-        self.dropout = nn.Dropout(self.dropout_p)
+    hidden_size: int
+    dropout: float
 
-    @property
-    def output_dim(self) -> int:
-        return self.hidden_size
-
-    def config(self) -> dict[str, Any]:
-        return {"hidden_size": self.hidden_size, "dropout": self.dropout_p}
+    def build(self) -> None:
+        self.drop = nn.Dropout(self.dropout)

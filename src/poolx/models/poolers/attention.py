@@ -7,10 +7,8 @@ from torch import nn
 
 from poolx.models.base import BackboneFeatures
 from poolx.models.poolers._sequence import LayerSequencePooler, stack_layer_cls
-from poolx.models.registry import register_pooler
 
 
-@register_pooler("attention")
 class AttentionPooler(LayerSequencePooler):
     """softmax(q·hᵀ) over the first-token vectors h of layers 1..L, their weighted sum, then a projection
     W (D→hidden_size), then dropout. q and W are initialised N(0, 0.1²) as in the notebook.
@@ -20,17 +18,10 @@ class AttentionPooler(LayerSequencePooler):
     `state_dict()`), and they stay float64 until cast; poolx registers them as float32 Parameters. It also has the
     same stack/view scramble of layers and features as the LSTM pooler; poolx stacks on a layer axis."""
 
-    options = {
-        "hidden_size": "projection size = output width (default 128)",
-        "dropout": "dropout on the output, active only in training (default 0.1)",
-    }
-
-    default_hidden_size = 128
-
-    def __init__(self, width: int, num_layers: int, hidden_size: int | None = None, dropout: float = 0.1) -> None:
-        super().__init__(width, num_layers, hidden_size, dropout)
-        self.q = nn.Parameter(torch.empty(1, width).normal_(0.0, 0.1))
-        self.w_h = nn.Parameter(torch.empty(width, self.hidden_size).normal_(0.0, 0.1))
+    def build(self) -> None:
+        super().build()
+        self.q = nn.Parameter(torch.empty(1, self.width).normal_(0.0, 0.1))
+        self.w_h = nn.Parameter(torch.empty(self.width, self.hidden_size).normal_(0.0, 0.1))
 
     def attend(self, h: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, hidden_size): the notebook's `attention(h)`. The notebook projects with
@@ -40,4 +31,4 @@ class AttentionPooler(LayerSequencePooler):
         return torch.matmul(pooled, self.w_h)
 
     def forward(self, features: BackboneFeatures) -> torch.Tensor:
-        return self.dropout(self.attend(stack_layer_cls(features)))
+        return self.drop(self.attend(stack_layer_cls(features)))

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from poolx.models.base import BackboneFeatures, Pooler
-from poolx.models.poolers._checks import positive_int
-from poolx.models.registry import register_pooler
 
 
 def _conv_mask(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -20,7 +16,6 @@ def _conv_mask(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return F.max_pool1d(padded.unsqueeze(1), kernel_size, stride=1).squeeze(1)
 
 
-@register_pooler("conv1d")
 class Conv1dPooler(Pooler):
     """Conv1d(D→channels, k, pad=k-1) → ReLU → Conv1d(channels→out_channels, k, pad=k-1) → max over positions.
     The notebook's defaults: channels 256, out_channels 1, kernel_size 2; the output width is out_channels.
@@ -31,29 +26,14 @@ class Conv1dPooler(Pooler):
     positions that see a real token: a text padded to any length gives exactly what the notebook gives on that
     text unpadded."""
 
-    options = {
-        "channels": "channels of the first convolution (default 256)",
-        "out_channels": "channels of the second convolution = output width (default 1)",
-        "kernel_size": "kernel size of both convolutions, padding kernel_size-1 (default 2)",
-    }
+    channels: int
+    out_channels: int
+    kernel_size: int
 
-    def __init__(
-        self, width: int, num_layers: int, channels: int = 256, out_channels: int = 1, kernel_size: int = 2
-    ) -> None:
-        super().__init__(width, num_layers)
-        self.channels = positive_int("channels", channels)
-        self.out_channels = positive_int("out_channels", out_channels)
-        self.kernel_size = positive_int("kernel_size", kernel_size)
+    def build(self) -> None:
         pad = self.kernel_size - 1
-        self.cnn1 = nn.Conv1d(width, self.channels, kernel_size=self.kernel_size, padding=pad)
+        self.cnn1 = nn.Conv1d(self.width, self.channels, kernel_size=self.kernel_size, padding=pad)
         self.cnn2 = nn.Conv1d(self.channels, self.out_channels, kernel_size=self.kernel_size, padding=pad)
-
-    @property
-    def output_dim(self) -> int:
-        return self.out_channels
-
-    def config(self) -> dict[str, Any]:
-        return {"channels": self.channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size}
 
     def forward(self, features: BackboneFeatures) -> torch.Tensor:
         h = features.last_hidden_state

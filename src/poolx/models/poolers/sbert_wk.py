@@ -14,13 +14,10 @@ padding enters only through masks. No QR, solve or inverse, no data-dependent Py
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from poolx.errors import UsageError
 from poolx.models.base import BackboneFeatures, Pooler
-from poolx.models.registry import register_pooler
 
 COMPUTE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -33,16 +30,8 @@ def window_columns(num_layers: int, window: int, k: int) -> list[int]:
 
 
 def check_layers(num_layers: int, layer_start: int, window: int) -> int:
-    """Validate (layer_start, window) for a backbone with num_layers layers; returns K, the layers used."""
-    for name, value in (("layer_start", layer_start), ("window", window)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"{name} must be an integer, got {value!r}")
-    if window < 1:
-        raise UsageError(f"window must be at least 1, got {window}")
-    if not 0 <= layer_start <= num_layers:
-        raise UsageError(
-            f"layer_start {layer_start} is out of range: this backbone has hidden states 0..{num_layers}"
-        )
+    """The layers (layer_start, window) leave SBERT-WK on a backbone of num_layers layers, K, or a UsageError when
+    too few are left (each option's own type and range are checked by its declaration)."""
     k = num_layers + 1 - layer_start
     need = max(3, window + 1)
     if k < need:
@@ -54,7 +43,6 @@ def check_layers(num_layers: int, layer_start: int, window: int) -> int:
     return k
 
 
-@register_pooler("wk")
 class SBertWKPooler(Pooler):
     """SBERT-WK over hidden states layer_start..L (default 4; the notebook's example uses 9) with a context
     window of `window` layers on each side (default 2). No learned parameters; width D.
@@ -76,22 +64,13 @@ class SBertWKPooler(Pooler):
     near-identical layers; the Gram costs O(K²·D) per token, negligible beside the backbone). fp16/bf16 hidden
     states are computed in at least float32 and the result cast back."""
 
-    reads = "hidden_states"
-    needs_hidden_states = True
-    options = {
-        "layer_start": "first hidden_states index used, 0..L (default 4)",
-        "window": "context window: layers on each side (default 2)",
-        "compute": "dtype of the Gram computations: float64 (default) or float32",
-    }
+    layer_start: int
+    window: int
+    compute: str
 
-    def __init__(
-        self, width: int, num_layers: int, layer_start: int = 4, window: int = 2, compute: str = "float64"
-    ) -> None:
-        super().__init__(width, num_layers)
-        self.num_used = check_layers(num_layers, layer_start, window)
-        if compute not in COMPUTE_DTYPES:
-            raise UsageError(f"compute must be float64 or float32, got {compute!r}")
-        self.layer_start, self.window, self.compute = layer_start, window, compute
+    def build(self) -> None:
+        window = self.window
+        self.num_used = check_layers(self.num_layers, self.layer_start, window)
         k_layers, slots = self.num_used, 2 * window
         select = torch.zeros(k_layers, slots, k_layers)  # select[k, i] picks the i-th window column of layer k
         valid = torch.zeros(k_layers, slots)
@@ -103,9 +82,6 @@ class SBertWKPooler(Pooler):
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("columns", valid.sum(1) + 1.0, persistent=False)  # m_k, rows of the notebook's window
         self.register_buffer("own", torch.eye(k_layers).unsqueeze(-1), persistent=False)  # (K, K, 1) picks column k
-
-    def config(self) -> dict[str, Any]:
-        return {"layer_start": self.layer_start, "window": self.window, "compute": self.compute}
 
     def forward(self, features: BackboneFeatures) -> torch.Tensor:
         assert features.hidden_states is not None

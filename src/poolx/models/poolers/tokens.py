@@ -6,25 +6,19 @@ import torch
 
 from poolx.models.base import BackboneFeatures, Pooler
 from poolx.models.masking import first_token, masked_max, masked_mean
-from poolx.models.registry import register_pooler
 
 
-@register_pooler("pooler")
 class BackbonePooler(Pooler):
     """The backbone's own pooler head (BERT: Linear + tanh on the first token), i.e. `outputs.pooler_output`.
 
     Backbones without a pooler head (DistilBERT, DeBERTa, ...) are refused when the encoder is built, with the
     other poolers named, instead of failing inside the trace."""
 
-    reads = "pooler_output"
-    needs_pooler_output = True
-
     def forward(self, features: BackboneFeatures) -> torch.Tensor:
         assert features.pooler_output is not None  # guaranteed by PooledEncoder, which checks the backbone
         return features.pooler_output
 
 
-@register_pooler("cls")
 class ClsPooler(Pooler):
     """`H[:, 0]`: the last layer's first token."""
 
@@ -32,7 +26,6 @@ class ClsPooler(Pooler):
         return first_token(features.last_hidden_state)
 
 
-@register_pooler("mean")
 class MeanPooler(Pooler):
     """Masked mean of the last layer: sum(H·m) / clamp(sum(m), 1e-9)."""
 
@@ -40,7 +33,6 @@ class MeanPooler(Pooler):
         return masked_mean(features.last_hidden_state, features.attention_mask)
 
 
-@register_pooler("max")
 class MaxPooler(Pooler):
     """Max of the last layer over real tokens.
 
@@ -52,17 +44,12 @@ class MaxPooler(Pooler):
         return masked_max(features.last_hidden_state, features.attention_mask)
 
 
-@register_pooler("mean-max")
 class MeanMaxPooler(Pooler):
     """concat(masked mean, masked max) of the last layer: width 2·D.
 
     Fixes: the notebook takes `_, x = torch.max(H, 1)`, i.e. the **indices** of the maxima, and concatenates them
     as if they were values; and it ignores the mask in both the mean and the max, so padding changes the result.
     poolx concatenates the masked mean and the masked max values."""
-
-    @property
-    def output_dim(self) -> int:
-        return 2 * self.width
 
     def forward(self, features: BackboneFeatures) -> torch.Tensor:
         h, m = features.last_hidden_state, features.attention_mask
