@@ -33,7 +33,6 @@ def main() -> None:
     from serve import corpus
 
     from poolx.exporter.export import export
-    from poolx.textio import read_embeddings
 
     with tempfile.TemporaryDirectory(prefix="poolx-ray-bench-") as tmp:
         root = Path(tmp)
@@ -49,8 +48,9 @@ def main() -> None:
             return time.perf_counter() - start
 
         seconds = run("--threads", "2", out=root / "single.parquet")
-        ids, vectors = read_embeddings(root / "single.parquet")
-        reference = dict(zip(ids, vectors))
+        single = pq.read_table(root / "single.parquet")
+        vectors = np.array(single.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(len(single), -1)
+        reference = dict(zip(single.column("id").to_pylist(), vectors))
         base = len(texts) / seconds
         print(f"single process, 2 threads: {base:6.0f} texts/s ({seconds:.1f} s for {len(texts)} texts)")
         for config in args.configs.split(","):

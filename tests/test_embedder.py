@@ -17,7 +17,7 @@ from poolx.providers import CPU, CUDA, TENSORRT
 from poolx.runtime.embedder import Embedder
 from poolx.runtime.session import create_session, run_bound
 from poolx.variants import INT8, Variant
-from poolx.textio import read_embeddings
+from test_corpus import read_embeddings
 
 
 @pytest.fixture(scope="module")

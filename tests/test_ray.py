@@ -1,5 +1,7 @@
 """`poolx embed --engine ray` and `embed_dataset` on a real local Ray cluster (loopback, 2 CPUs): 20,000 texts,
-every row back exactly once with the single-process `poolx embed` vectors, also after an actor is killed mid-run."""
+every row back exactly once with the single-process `poolx embed` vectors, also after an actor is killed mid-run.
+The corpus contract both engines share (blank .txt lines, ids, order, duplicate ids, bad input) is held case by
+case on both in tests/test_corpus_engines.py."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 from poolx.deploy.ray_data import actor_resources, embed_dataset  # noqa: E402
 from poolx.errors import UsageError  # noqa: E402
 from poolx.parity.texts import VERIFY_TEXTS  # noqa: E402
-from poolx.textio import read_embeddings  # noqa: E402
+from test_corpus import read_embeddings  # noqa: E402
 
 ROWS = 20_000
 ACTOR_TITLE = b"ray::MapWorker(MapBatches(_EmbedBatches))"
@@ -43,13 +45,16 @@ def exported(bert_mean):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """20,000 rows with ids r0..r19999, texts of all lengths (empty, truncated, non-Latin) in .parquet and .jsonl."""
+    """20,000 rows with ids r0..r19999, texts of all lengths (empty, truncated, non-Latin) in .parquet and .jsonl;
+    and corpus.txt, line i the text of row i but every 97th line blank."""
     root = tmp_path_factory.mktemp("corpus")
     rows = [{"id": f"r{i}", "text": f"{VERIFY_TEXTS[i % len(VERIFY_TEXTS)][: 40 + i % 300]} {i}"} for i in range(ROWS)]
     pq.write_table(pa.Table.from_pylist(rows), root / "corpus.parquet", row_group_size=2_500)
     with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    lines = ["" if i % 97 == 0 else row["text"].replace("\n", " ") for i, row in enumerate(rows)]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 
 
@@ -89,17 +94,23 @@ def test_cli_on_a_cluster_gives_every_row_once_with_the_single_process_vectors(c
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left
 
 
-def test_jsonl_without_ids_keeps_the_input_order(cluster, exported, corpus, single_process, tmp_path):
+def test_txt_without_ids_keeps_blank_lines_and_the_input_order(cluster, exported, corpus, single_process, tmp_path):
     out = tmp_path / "ray.jsonl"
-    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.jsonl"), "--output", str(out),
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.txt"), "--output", str(out),
                    "--engine", "ray", "--address", cluster, "--provider", "cpu")
     assert result.returncode == 0, result.stderr
-    parts = sorted(out.glob("*.json*"))
-    rows = [json.loads(line) for p in parts for line in p.read_text().splitlines() if line.strip()]
-    assert len(rows) == ROWS and set(rows[0]) == {"embedding"}
-    # part files are numbered in block order; with no id column poolx asks Ray Data to preserve the input order
+    assert out.is_file() and f"wrote {ROWS} embeddings to {out}" in result.stdout  # one file, as `poolx embed` writes
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == ROWS and set(rows[0]) == {"embedding"}  # a blank line is a row: row i is line i
     vectors = np.array([r["embedding"] for r in rows], dtype=np.float32)
-    check_rows([f"r{i}" for i in range(ROWS)], vectors, single_process)
+    from poolx import Embedder
+
+    empty = Embedder(exported, "cpu").embed([""])[0]
+    blank = np.arange(ROWS) % 97 == 0
+    np.testing.assert_allclose(vectors[blank], np.broadcast_to(empty, (int(blank.sum()), empty.size)), atol=1e-5)
+    kept = [i for i in range(ROWS) if i % 97]
+    np.testing.assert_allclose(vectors[kept], np.stack([single_process[f"r{i}"] for i in kept]), atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ray.jsonl"]
 
 
 def test_a_killed_actor_loses_and_duplicates_nothing(cluster, exported, corpus, single_process):
@@ -141,13 +152,16 @@ def test_bad_input_is_one_line_and_writes_nothing(cluster, exported, corpus, tmp
     assert result.returncode == 2 and "cannot reach a Ray cluster" in result.stderr and time.time() - start < 60
     result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
                    "--engine", "ray", "--address", cluster, "--column", "body")
-    assert result.returncode == 2 and "no column 'body'" in result.stderr and "id, text" in result.stderr
+    assert result.returncode == 2 and "no column 'body'" in result.stderr and "'id', 'text'" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing half-written
-    out.mkdir()
+    out.write_bytes(b"keep")
     result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
                    "--engine", "ray", "--address", cluster)
-    assert result.returncode == 2 and "exists" in result.stderr
+    assert result.returncode == 2 and "exists" in result.stderr and out.read_bytes() == b"keep"
+    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output",
+                   str(tmp_path / "out.csv"), "--engine", "ray", "--address", cluster)
+    assert result.returncode == 2 and "supported outputs are .npy, .parquet, .jsonl" in result.stderr
 
 
 def test_gpu_actors_ask_for_a_gpu_and_a_cluster_without_one_is_refused(cluster, exported, corpus):

@@ -7,9 +7,11 @@ CUDA/TensorRT each actor asks Ray for one GPU; on the CPU for `threads` CPUs (an
 threads). Actors that die (a lost node, an OOM kill) are restarted and their batches retried by Ray Data, so no row
 is lost or written twice.
 
-`run_file_job` is `poolx embed --engine ray`: Parquet/JSONL/CSV/text in through Ray Data's readers, Parquet or
-JSONL out through its writers (a directory of part files), written to a hidden sibling directory and moved into
-place only when every block is written.
+`run_file_job` is `poolx embed --engine ray`, with the files of `poolx embed` (poolx.corpus): the same inputs, read
+by the same streaming reader (with its checks, its errors and its row-for-row contract: a blank .txt line is an
+empty text, duplicate ids are refused) in a Ray Data read task on the driver's node, and the same output file,
+written on the driver by the same writer as the embedded blocks stream back, and moved into place only when
+every row is written.
 """
 
 from __future__ import annotations
@@ -19,16 +21,12 @@ import os
 import shutil
 import socket
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 from poolx.errors import PoolxError, UsageError
 from poolx.manifest import Manifest
-from poolx.staging import staged_directory
 
-READERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text"}
-WRITERS = {".parquet": "parquet", ".jsonl": "json"}
 GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
@@ -172,55 +170,137 @@ def run_file_job(
     provider: str = "auto", address: Optional[str] = None, actors: Optional[int] = None, threads: int = 1,
     normalize: bool = False, force: bool = False,
 ) -> int:
-    """`poolx embed --engine ray`: read `input_path` with Ray Data, embed, write `output` (a directory of Parquet
-    or JSONL part files with the `id_column` values as "id", if given, and "embedding"; without ids, rows keep the
-    input order). Returns the number of rows written."""
-    reader = READERS.get(input_path.suffix.lower())
-    writer = WRITERS.get(output.suffix.lower())
-    if reader is None:
-        raise UsageError(f"--engine ray reads {', '.join(READERS)} inputs, not {input_path.name}")
-    if writer is None:
-        raise UsageError(f"--engine ray writes .parquet or .jsonl (a directory of part files), not {output.name}")
-    if not input_path.exists():
-        raise UsageError(f"input {input_path} does not exist")
-    if (output.exists() or output.is_symlink()) and not force:
-        raise UsageError(f"output {output} exists; pass --force to replace it, or choose another output")
-    if not output.parent.is_dir():
-        raise UsageError(f"the directory of output {output} ({output.parent}) does not exist; create it first")
-    Manifest.read(directory)  # a bad export is an error before a cluster is started
+    """`poolx embed --engine ray`: `poolx embed`'s input and output files (see poolx.corpus), embedded by Ray Data
+    actors. The input is read by poolx.corpus's reader in one read task on the driver's node (row for row: blank
+    .txt lines are empty texts; duplicate ids refused); the output is written on the driver by its writer as the
+    blocks come back: without ids in input order, with them (`id`) in the order the blocks finish. Returns the
+    number of rows written."""
+    from poolx.corpus import check_output, open_corpus
+
+    check_output(output, force, input_path=input_path, ids=id_column is not None)
+    with open_corpus(input_path, column, id_column) as reader:  # the header and first rows, before a cluster starts
+        schema = next(reader.tables()).schema
+    width = int(Manifest.read(directory).pooling["output_dim"])  # a bad export is an error before a cluster starts
     ray = connect(address)
     from ray.data import DataContext
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = id_column is None  # no ids: row i of the output is row i of the input
-    read = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "text": ray.data.read_text,
-            "json": partial(ray.data.read_json, lines=input_path.suffix.lower() == ".jsonl")}[reader]
+    ds = ray.data.read_datasource(_corpus_datasource(input_path, column, id_column, schema))
+    ds = embed_dataset(ds, directory, column="text", provider=provider, actors=actors, threads=threads,
+                       normalize=normalize)
+    return _write_output(ds, output, width, id_column is not None, force)
+
+
+def _corpus_datasource(path: Path, column: str, id_column: Optional[str], schema: Any) -> Any:
+    """A Ray Data datasource of one read task that streams the corpus through poolx.corpus's reader, on the
+    driver's node (which has the file): Arrow blocks of `text` and, with ids, `id` (of the type in `schema`, which
+    the driver read from the first rows)."""
+    import ray.util.client
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    id_type = schema.field("id").type if id_column is not None else None
+    client = ray.util.client.ray.is_connected()  # ray://: the driver is no node; the file must be on the cluster
+
+    def read() -> Any:
+        from poolx.corpus import open_corpus
+
+        with open_corpus(path, column, id_column) as reader:
+            yield from reader.tables(id_type)
+
+    class CorpusDatasource(Datasource):
+        @property
+        def supports_distributed_reads(self) -> bool:
+            return client  # else on the driver's node: the file is there (run_file_job opened it)
+
+        def estimate_inmemory_data_size(self) -> Optional[int]:
+            return _size(path)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
+                           data_context: Any = None) -> list:
+            metadata = BlockMetadata(num_rows=None, size_bytes=_size(path), exec_stats=None, input_files=(str(path),))
+            return [ReadTask(read, metadata, schema=schema, per_task_row_limit=per_task_row_limit)]
+
+    return CorpusDatasource()
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
+def _write_output(ds: Any, output: Path, width: int, ids: bool, force: bool) -> int:
+    """Stream the embedded blocks to the driver and write them with poolx.corpus's writer, all or nothing."""
+    import numpy as np
+
+    from poolx.corpus import EmbeddingWriter
+
+    ds = ds.select_columns(["id", "embedding"] if ids else ["embedding"])
+    # A user's error raised in the read task (bad input further in) is one line, not Ray Data's logged traceback.
+    consoles = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    held = _HeldErrors(consoles)
+    user_error = False
     try:
-        ds = read(str(input_path))
-        names = ds.schema().names
-    except Exception as e:  # pyarrow/Ray errors on unreadable input
-        raise UsageError(f"cannot read {input_path} with Ray Data: {str(e).strip().splitlines()[-1][:300]}") from None
-    if id_column is not None and id_column not in names:
-        raise UsageError(f"the input has no column {id_column!r} for --id-column; its columns are: {', '.join(names)}")
-    ds = embed_dataset(ds, directory, column=column, provider=provider, actors=actors, threads=threads, normalize=normalize)
-    keep = ["embedding"] if id_column is None else [id_column, "embedding"]
-    ds = ds.select_columns(keep)
-    if id_column is not None and id_column != "id":
-        ds = ds.rename_columns({id_column: "id"})
-    try:
-        with staged_directory(output) as staging:  # renamed to `output` only once every block is written
-            (ds.write_parquet if writer == "parquet" else ds.write_json)(str(staging))
-            rows = _count_rows(staging, writer)
-    except (PoolxError, KeyboardInterrupt):
+        with EmbeddingWriter(output, width, ids=ids, force=force) as writer:
+            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                column = block.column("embedding").combine_chunks()
+                vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+                writer.write(vectors.reshape(-1, width), ids=block.column("id").to_pylist() if ids else None)
+    except KeyboardInterrupt:
+        user_error = True
         raise
-    except Exception as e:  # Ray's errors carry the worker's traceback; its last line says what failed
+    except Exception as e:  # Ray's errors carry the worker's traceback; a poolx error in a task is the user's
+        cause = _poolx_error(e)
+        if cause is not None:
+            user_error = True
+            raise cause from None
         raise PoolxError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:300]}") from None
-    return rows
+    finally:
+        held.release(emit=not user_error)
+    return writer.rows_written
 
 
-def _count_rows(directory: Path, writer: str) -> int:
-    if writer == "parquet":
-        import pyarrow.parquet as pq
+class _HeldErrors:
+    """Holds back the error records that reach `handlers` until `release`, which emits them, or drops them."""
 
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in directory.glob("*.parquet"))
-    return sum(sum(1 for line in p.open("rb") if line.strip()) for p in directory.glob("*.json*"))
+    def __init__(self, handlers: list[logging.Handler]) -> None:
+        self.records: list[tuple[logging.Handler, logging.LogRecord]] = []
+        self.filters = [(h, self._holder(h)) for h in handlers]
+        for handler, hold in self.filters:
+            handler.addFilter(hold)
+
+    def _holder(self, handler: logging.Handler) -> Any:
+        def hold(record: logging.LogRecord) -> bool:
+            if record.levelno < logging.ERROR:
+                return True
+            self.records.append((handler, record))
+            return False
+
+        return hold
+
+    def release(self, emit: bool) -> None:
+        for handler, hold in self.filters:
+            handler.removeFilter(hold)
+        for handler, record in self.records if emit else ():
+            handler.handle(record)
+        self.records = []
+
+
+def _poolx_error(error: BaseException) -> Optional[PoolxError]:
+    """The PoolxError in `error`: itself, or what a Ray task raised (a reader's UsageError), which Ray wraps in a
+    RayTaskError (whose str is a traceback) and Ray Data in its own exceptions."""
+    from ray.exceptions import RayError
+
+    seen: set[int] = set()
+    stack: list[Any] = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, PoolxError) and not isinstance(e, RayError):  # Ray Data appends lines of retry advice
+            lines = str(e).strip().splitlines()
+            return type(e)(lines[0]) if len(lines) > 1 else e
+        stack += [e.__context__, e.__cause__, getattr(e, "cause", None)]  # popped last first: .cause first
+    return None

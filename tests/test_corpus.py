@@ -1,5 +1,6 @@
-"""poolx.textio: reading corpora (.txt, .jsonl, .csv/.tsv, .parquet) and writing embeddings (.npy, .parquet,
-.jsonl) all or nothing. Fast; no model needed."""
+"""poolx.corpus: reading corpora (.txt, .jsonl/.ndjson/.json, .csv/.tsv, .parquet) in streamed batches, writing
+embeddings (.npy, .parquet, .jsonl) all or nothing, and `embed_file`. Fast; no model needed (a stand-in Embedder).
+The same contract on both engines, with a real export: tests/test_corpus_engines.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import numpy as np
 import pytest
 
 from poolx.errors import PoolxError, UsageError
-from poolx.textio import Corpus, EmbeddingWriter, check_output, read_corpus, read_embeddings
+from poolx.corpus import (
+    Batch, Corpus, CorpusReader, EmbeddingWriter, check_output, embed_file, open_corpus, read_corpus,
+)
+
+# 7.038531e-26: the shortest decimal of this float32 reads back through a float64 as its neighbour (double rounding);
+# with its negative, the only such float32 (benchmarks/corpus_memory.py --float32-check tries all 2**32)
+HARD_FLOAT32_BITS = 0x15AE43FD
 
 UNICODE = [
     "hello world", "你好，世界", "مرحبا بالعالم", "emoji 🎉👩🏽‍💻 ok", 'quotes " and , commas', "tab\there",
@@ -314,7 +321,162 @@ def test_extension_is_case_insensitive(tmp_path):
     assert read_corpus(str(path)).texts == ["a"]
 
 
+# ------------------------------------------------------------------------------------------------ reading: streaming
+
+
+def test_batches_stream_in_order_across_batch_boundaries(tmp_path):
+    path = tmp_path / "c.txt"
+    lines = [f"t{i}" if i % 7 else "" for i in range(23)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open_corpus(path, batch_rows=5) as reader:
+        assert isinstance(reader, CorpusReader) and reader.total == 23 and reader.format == "txt"
+        batches = list(reader)
+    assert all(isinstance(b, Batch) for b in batches)
+    assert [b.start for b in batches] == [0, 5, 10, 15, 20] and [len(b.texts) for b in batches] == [5, 5, 5, 5, 3]
+    assert [t for b in batches for t in b.texts] == lines and all(b.ids is None for b in batches)
+    assert reader.rows == 23
+    with pytest.raises(RuntimeError, match="once"):
+        list(reader)
+
+
+@pytest.mark.parametrize("content,total", [(b"a\nb", 2), (b"a\nb\n", 2), (b"\n\n", 2), (b"\xef\xbb\xbfa", 1)])
+def test_txt_total_counts_texts(tmp_path, content, total):
+    path = tmp_path / "c.txt"
+    path.write_bytes(content)
+    with open_corpus(path) as reader:
+        assert reader.total == total == sum(len(b.texts) for b in reader)
+
+
+def test_problems_in_the_first_batch_are_raised_by_open_later_ones_while_streaming(tmp_path):
+    path = jsonl(tmp_path / "c.jsonl", [{"text": "a"}] * 3)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"text": 5}\n')
+    with pytest.raises(UsageError, match="line 4"):  # in the first batch: raised before any work
+        open_corpus(path, batch_rows=10)
+    reader = open_corpus(path, batch_rows=2)  # the first batch is fine
+    with pytest.raises(UsageError) as error:
+        list(reader)
+    assert "line 4" in one_line(error) and "not a string" in str(error.value)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_duplicate_ids_across_batches_name_both_places(tmp_path, suffix):
+    ids = [f"k{i}" for i in range(40)] + ["k3"]
+    texts = [f"t{i}" for i in range(41)]
+    if suffix == ".jsonl":
+        path, first, second = jsonl(tmp_path / "c.jsonl", [{"id": i, "text": t} for i, t in zip(ids, texts)]), \
+            "line 4", "line 41"
+    elif suffix == ".csv":
+        path, first, second = write_csv(tmp_path / "c.csv", [["id", "text"]] + list(map(list, zip(ids, texts)))), \
+            "line 5", "line 42"
+    else:
+        path, first, second = write_parquet(tmp_path / "c.parquet", id=ids, text=texts), "row 3", "row 40"
+    reader = open_corpus(path, id_column="id", batch_rows=8)
+    with pytest.raises(UsageError) as error:
+        list(reader)
+    message = one_line(error)
+    assert "'k3' twice" in message and f"({first} and {second})" in message
+
+
+def test_ids_that_share_a_key_are_not_duplicates(tmp_path):
+    # hash(-1) == hash(-2) and hash(2**61 - 1) == hash(0) in CPython; 1 and 1.0 are the same id (as in a dict)
+    ids = [-1, -2, 2**61 - 1, 0, 2**63, -(2**63), 2**64 - 1, -1.5, 7]
+    path = jsonl(tmp_path / "c.jsonl", [{"id": v, "text": str(v)} for v in ids])
+    assert read_corpus(path, id_column="id").ids == ids
+    path = jsonl(tmp_path / "c.jsonl", [{"id": 1, "text": "a"}, {"id": 1.0, "text": "b"}])
+    refused(path, "twice", "line 1", "line 2", id_column="id")
+
+
+def test_many_unique_ids_stream(tmp_path):
+    ids = list(range(20_000))
+    path = write_parquet(tmp_path / "c.parquet", id=ids, text=[str(i) for i in ids])
+    assert read_corpus(path, id_column="id").ids == ids
+
+
+def test_json_suffix_is_json_lines(tmp_path):
+    path = jsonl(tmp_path / "c.json", [{"text": "a"}, {"text": ""}])
+    assert read_corpus(path).texts == ["a", ""] and read_corpus(path).format == "jsonl"
+    path.write_text(json.dumps([{"text": "a"}, {"text": "b"}]), encoding="utf-8")
+    refused(path, "line 1", "array", "JSON Lines")
+    path.write_text('[\n  {"text": "a"}\n]\n', encoding="utf-8")
+    refused(path, "line 1", "not valid JSON", "JSON Lines")
+
+
+def test_parquet_directory_of_parts_in_name_order(tmp_path):
+    directory = tmp_path / "corpus.parquet"
+    directory.mkdir()
+    write_parquet(directory / "part-1.parquet", text=["c", "d"], id=[3, 4])
+    write_parquet(directory / "part-0.parquet", text=["a", "b"], id=[1, 2])
+    (directory / "_SUCCESS").write_bytes(b"")
+    with open_corpus(directory, id_column="id") as reader:
+        assert reader.total == 4
+        assert [(b.texts, b.ids) for b in reader] == [(["a", "b"], [1, 2]), (["c", "d"], [3, 4])]
+    write_parquet(directory / "part-2.parquet", text=["e"], id=[1])
+    refused(directory, "id 1 twice", "row 0 and row 4", id_column="id")
+    write_parquet(directory / "part-2.parquet", body=["e"])
+    refused(directory, "part-2.parquet", "no column 'text'")
+    empty = tmp_path / "empty.parquet"
+    empty.mkdir()
+    refused(empty, "without .parquet files")
+
+
+def test_parquet_row_groups_stream(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    texts = [f"t{i}" for i in range(100)]
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=30)
+    with open_corpus(path, batch_rows=16) as reader:
+        sizes = [len(b.texts) for b in reader]
+    assert sum(sizes) == 100 and max(sizes) <= 16
+    path = write_parquet(tmp_path / "n.parquet", text=texts[:50] + [None] + texts[51:])
+    reader = open_corpus(path, batch_rows=16)
+    with pytest.raises(UsageError, match="null at row 50"):
+        list(reader)
+
+
+def test_tables_give_one_id_type_for_every_batch(tmp_path):
+    path = jsonl(tmp_path / "c.jsonl", [{"id": i, "text": f"t{i}"} for i in range(5)])
+    with open_corpus(path, id_column="id", batch_rows=2) as reader:
+        tables = list(reader.tables())
+    assert [t.num_rows for t in tables] == [2, 2, 1]
+    assert all(t.schema == tables[0].schema for t in tables) and tables[0].column_names == ["text", "id"]
+    path = jsonl(tmp_path / "c.jsonl", [{"id": 1, "text": "a"}, {"id": 1.5, "text": "b"}])
+    with open_corpus(path, id_column="id", batch_rows=1) as reader:
+        with pytest.raises(UsageError) as error:
+            list(reader.tables())
+    assert "one Arrow column" in one_line(error)
+
+
 # ------------------------------------------------------------------------------------------------ writing
+
+
+def read_embeddings(path: Path) -> tuple:
+    """Read a file `EmbeddingWriter` wrote: (ids, or None when it has none; a float32 (rows, width) array). Other
+    test modules import it from here."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+        assert array.ndim == 2 and array.dtype == np.float32, (array.dtype, array.shape)
+        return None, array
+    if suffix == ".parquet":
+        table = pq.read_table(path)
+        column = table.column("embedding").combine_chunks()
+        assert pa.types.is_fixed_size_list(column.type) and pa.types.is_float32(column.type.value_type)
+        array = np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        array = array.reshape(-1, column.type.list_size)
+        return (table.column("id").to_pylist() if "id" in table.column_names else None), array
+    assert suffix == ".jsonl", path
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    has_ids = {("id" in row) for row in rows}
+    assert len(has_ids) <= 1, "some rows have an id and some do not"
+    array = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    return ([row["id"] for row in rows] if True in has_ids else None), array.reshape(len(rows), -1)
 
 
 def vectors(count: int, width: int, seed: int = 0) -> np.ndarray:
@@ -327,10 +489,11 @@ def vectors(count: int, width: int, seed: int = 0) -> np.ndarray:
     return data
 
 
-def write_all(path: Path, data: np.ndarray, block: int = 3, **kwargs) -> None:
-    with EmbeddingWriter(path, width=data.shape[1], count=data.shape[0], **kwargs) as writer:
+def write_all(path: Path, data: np.ndarray, block: int = 3, ids=None, texts=None, **kwargs) -> None:
+    with EmbeddingWriter(path, width=data.shape[1], ids=ids is not None, texts=texts is not None, **kwargs) as writer:
         for start in range(0, data.shape[0], block):
-            writer.write(start, data[start:start + block])
+            writer.write(data[start:start + block], ids=None if ids is None else ids[start:start + block],
+                         texts=None if texts is None else texts[start:start + block])
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -345,29 +508,37 @@ def leftovers(directory: Path) -> list[str]:
 @pytest.mark.parametrize("suffix", [".npy", ".parquet", ".jsonl"])
 @pytest.mark.parametrize("ids", [None, ["a", "b", "你好", "d", "e", "f", "g"], [5, 4, 3, 2, 1, 0, -1]])
 def test_writer_round_trip_bits_exact(tmp_path, suffix, ids):
+    if ids is not None and suffix == ".npy":
+        with pytest.raises(UsageError, match="--id-column needs a .parquet or .jsonl output"):
+            check_output(tmp_path / "out.npy", ids=True)
+        return
     data = vectors(7, 5)
     path = tmp_path / f"out{suffix}"
     write_all(path, data, ids=ids)
     got_ids, got = read_embeddings(path)
     assert same_bits(got, data)
-    assert got_ids == (ids if suffix != ".npy" else None)
+    assert got_ids == ids
     assert leftovers(tmp_path) == []
 
 
-def test_npy_is_a_plain_array(tmp_path):
-    data = vectors(10, 4)
-    write_all(tmp_path / "out.npy", data)
+@pytest.mark.parametrize("rows", [0, 1, 10, 12_345])
+def test_npy_is_a_plain_array_whatever_the_row_count(tmp_path, rows):
+    data = vectors(rows, 4) if rows else np.zeros((0, 4), dtype=np.float32)
+    write_all(tmp_path / "out.npy", data, block=1000)
     loaded = np.load(tmp_path / "out.npy")
     assert loaded.dtype == np.float32 and same_bits(loaded, data)
+    reference = tmp_path / "ref.npy"
+    np.save(reference, data)  # numpy's own file for the same array: the same bytes
+    assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes()
 
 
 def test_parquet_schema_and_row_groups(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import poolx.textio as textio
+    import poolx.corpus.writer as writer
 
-    monkeypatch.setattr(textio, "_PARQUET_GROUP_BYTES", 4 * 4 * 5)  # 5 rows of width 4 per row group
+    monkeypatch.setattr(writer, "_PARQUET_GROUP_BYTES", 4 * 4 * 5)  # 5 rows of width 4 per row group
     data = vectors(12, 4)
     texts = [f"t{i}" for i in range(12)]
     write_all(tmp_path / "out.parquet", data, block=2, ids=[f"i{i}" for i in range(12)], texts=texts)
@@ -380,6 +551,17 @@ def test_parquet_schema_and_row_groups(tmp_path, monkeypatch):
     assert same_bits(read_embeddings(tmp_path / "out.parquet")[1], data)
 
 
+def test_parquet_ids_keep_one_type_and_refuse_another(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_all(tmp_path / "out.parquet", vectors(4, 2), block=1, ids=[1, 2, 3, 4])
+    assert pq.read_table(tmp_path / "out.parquet").schema.field("id").type == pa.int64()
+    with pytest.raises(UsageError) as error:
+        write_all(tmp_path / "bad.parquet", vectors(4, 2), block=2, ids=[1, 2, "x", "y"])
+    assert "ids of one kind" in one_line(error) and leftovers(tmp_path) == []
+
+
 def test_jsonl_output_is_compact_valid_json(tmp_path):
     data = vectors(4, 3)
     write_all(tmp_path / "out.jsonl", data, ids=[1, 2, 3, 4], texts=["a", "你好", "c", "d\ne"])
@@ -388,6 +570,7 @@ def test_jsonl_output_is_compact_valid_json(tmp_path):
     objects = [json.loads(line) for line in lines]
     assert [o["id"] for o in objects] == [1, 2, 3, 4]
     assert objects[1]["text"] == "你好" and objects[3]["text"] == "d\ne"
+    assert lines[1].startswith('{"id":2,"text":"你好","embedding":[')  # fields in this order, UTF-8, no spaces
     assert '"embedding":[-0.0,0.0,1e-45]' in lines[0]
     assert "0.1," in lines[2] or "0.1]" in lines[2]  # shortest float32 form, not 0.10000000149011612
     assert same_bits(np.array([o["embedding"] for o in objects], dtype=np.float32), data)
@@ -401,14 +584,23 @@ def test_jsonl_floats_round_trip_many_random_bit_patterns(tmp_path):
     assert same_bits(read_embeddings(tmp_path / "out.jsonl")[1], data)
 
 
+def test_jsonl_floats_whose_shortest_form_does_not_survive_a_float64_read_back(tmp_path):
+    data = np.array([[HARD_FLOAT32_BITS, 0x3DCCCCCD, HARD_FLOAT32_BITS | 1 << 31]], dtype=np.uint32).view(np.float32)
+    write_all(tmp_path / "out.jsonl", data)
+    text = (tmp_path / "out.jsonl").read_text()
+    assert '"embedding":[7.038530691851209e-26,0.1,-7.038530691851209e-26]' in text  # 0.1: still the short form
+    assert float(np.float32(float("7.038531e-26"))) != float(data[0, 0])  # the short form would not do
+    assert same_bits(read_embeddings(tmp_path / "out.jsonl")[1], data)
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".parquet", ".jsonl"])
 def test_writer_accepts_numpy_ids_and_sizes_and_empty_blocks(tmp_path, suffix):
     data = vectors(3, 2)
-    with EmbeddingWriter(tmp_path / f"out{suffix}", width=np.int64(2), count=np.int64(3),
-                         ids=np.array([10, 20, 30])) as writer:
-        writer.write(0, data[:0])
-        writer.write(0, data.astype(np.float64))
-        writer.write(3, data[:0])
+    numpy_ids = suffix != ".npy"
+    with EmbeddingWriter(tmp_path / f"out{suffix}", width=np.int64(2), count=np.int64(3), ids=numpy_ids) as writer:
+        writer.write(data[:0], ids=np.array([], dtype=np.int64) if numpy_ids else None)
+        writer.write(data.astype(np.float64), ids=np.array([10, 20, 30]) if numpy_ids else None)
+        writer.write(data[:0], ids=[] if numpy_ids else None)
     ids, got = read_embeddings(tmp_path / f"out{suffix}")
     assert same_bits(got, data) and ids == (None if suffix == ".npy" else [10, 20, 30])
 
@@ -432,9 +624,10 @@ class Boom(Exception):
 def test_exception_mid_write_leaves_nothing(tmp_path, suffix, error):
     data = vectors(6, 3)
     path = tmp_path / f"out{suffix}"
+    ids = suffix != ".npy"
     with pytest.raises(error):
-        with EmbeddingWriter(path, width=3, count=6, ids=list(range(6))) as writer:
-            writer.write(0, data[:3])
+        with EmbeddingWriter(path, width=3, ids=ids) as writer:
+            writer.write(data[:3], ids=[0, 1, 2] if ids else None)
             assert len(leftovers(tmp_path)) == 1 and leftovers(tmp_path)[0].startswith(f".out{suffix}.tmp-")
             raise error()
     assert not path.exists()
@@ -448,19 +641,19 @@ def test_exception_leaves_existing_output_byte_identical(tmp_path, suffix, error
     write_all(path, vectors(2, 3, seed=5))
     before = path.read_bytes()
     with pytest.raises(error):
-        with EmbeddingWriter(path, width=3, count=6, force=True) as writer:
-            writer.write(0, vectors(6, 3)[:4])
+        with EmbeddingWriter(path, width=3, force=True) as writer:
+            writer.write(vectors(6, 3)[:4])
             raise error()
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet", ".jsonl"])
-def test_too_few_rows_raises_and_leaves_nothing(tmp_path, suffix):
+def test_too_few_rows_for_a_declared_count_raises_and_leaves_nothing(tmp_path, suffix):
     path = tmp_path / f"out{suffix}"
     with pytest.raises(RuntimeError, match="4 of 6 rows"):
         with EmbeddingWriter(path, width=3, count=6) as writer:
-            writer.write(0, vectors(4, 3))
+            writer.write(vectors(4, 3))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -471,18 +664,23 @@ def test_force_replaces_existing_output(tmp_path):
     assert same_bits(read_embeddings(path)[1], vectors(4, 3))
 
 
-def test_rows_out_of_order_or_too_many_are_internal_errors(tmp_path):
-    path = tmp_path / "out.npy"
-    with pytest.raises(RuntimeError, match="in order"):
-        with EmbeddingWriter(path, width=3, count=6) as writer:
-            writer.write(0, vectors(2, 3))
-            writer.write(3, vectors(2, 3))
+def test_too_many_rows_wrong_shapes_and_missing_ids_are_internal_errors(tmp_path):
+    path = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError, match="past the 6 rows"):
         with EmbeddingWriter(path, width=3, count=6) as writer:
-            writer.write(0, vectors(7, 3))
+            writer.write(vectors(7, 3))
     with pytest.raises(RuntimeError, match=r"shape \(n, 3\)"):
-        with EmbeddingWriter(path, width=3, count=6) as writer:
-            writer.write(0, vectors(2, 4))
+        with EmbeddingWriter(path, width=3) as writer:
+            writer.write(vectors(2, 4))
+    with pytest.raises(RuntimeError, match="no ids"):
+        with EmbeddingWriter(path, width=3, ids=True) as writer:
+            writer.write(vectors(2, 3))
+    with pytest.raises(RuntimeError, match="1 ids"):
+        with EmbeddingWriter(path, width=3, ids=True) as writer:
+            writer.write(vectors(2, 3), ids=["a"])
+    with pytest.raises(RuntimeError, match="takes no ids"):
+        with EmbeddingWriter(path, width=3) as writer:
+            writer.write(vectors(2, 3), ids=["a", "b"])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -504,7 +702,7 @@ def test_existing_output_refused_before_any_work(tmp_path):
         check_output(path)
     assert "exists" in one_line(error) and "--force" in str(error.value)
     with pytest.raises(UsageError, match="exists"):
-        EmbeddingWriter(path, width=3, count=2)
+        EmbeddingWriter(path, width=3)
     assert path.read_bytes() == b"precious" and leftovers(tmp_path) == []
     assert check_output(path, force=True) == path
 
@@ -524,22 +722,72 @@ def test_check_output_refusals(tmp_path):
     assert "input file" in message(corpus, force=True, input_path=corpus)
     assert "input file" in message(tmp_path / "." / "c.jsonl", force=True, input_path=str(corpus))
     assert "input file" in message(tmp_path / "new.jsonl", input_path=tmp_path / "new.jsonl")
+    assert "--id-column" in message(tmp_path / "v.npy", ids=True)
     assert check_output(tmp_path / "other.jsonl", input_path=corpus) == tmp_path / "other.jsonl"
     assert not (tmp_path / "nope").exists()
 
 
-def test_read_embeddings_refusals(tmp_path):
-    with pytest.raises(UsageError, match="no such file"):
-        read_embeddings(tmp_path / "missing.npy")
-    with pytest.raises(UsageError, match="not an embeddings file"):
-        read_embeddings(tmp_path / "x.csv")
-    np.save(tmp_path / "x.npy", np.zeros(3))
-    with pytest.raises(UsageError, match="not float32"):
-        read_embeddings(tmp_path / "x.npy")
+# ------------------------------------------------------------------------------------------------ embed_file
+
+
+class FakeEmbedder:
+    """Embeds text t as [len(t), its first character's code point, call number]; records the chunk sizes."""
+
+    width = 3
+
+    def __init__(self, fail_on_call: int = -1) -> None:
+        self.calls: list[int] = []
+        self.fail_on_call = fail_on_call
+
+    def embed(self, texts, batch_size=32, normalize=False, progress=None):
+        if len(self.calls) == self.fail_on_call:
+            raise KeyboardInterrupt
+        self.calls.append(len(texts))
+        out = np.array([[len(t), ord(t[0]) if t else 0, len(self.calls)] for t in texts], dtype=np.float32)
+        for first in range(0, len(texts), batch_size):
+            if progress:
+                progress(min(batch_size, len(texts) - first))
+        return out.reshape(len(texts), 3)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet", ".jsonl"])
+def test_embed_file_streams_chunks_row_for_row(tmp_path, suffix):
+    lines = ["alpha", "", "beta", "  ", "", "gamma", "δ"] * 3
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    embedder, done = FakeEmbedder(), []
+    result = embed_file(embedder, tmp_path / "in.txt", tmp_path / f"out{suffix}", batch_size=2, chunk_rows=4,
+                        progress=done.append)
+    assert result.rows == len(lines) and result.seconds > 0
+    assert embedder.calls == [4, 4, 4, 4, 4, 1] and sum(done) == len(lines)
+    ids, got = read_embeddings(tmp_path / f"out{suffix}")
+    assert ids is None
+    assert got[:, 0].tolist() == [len(t) for t in lines]  # row i is line i, blank lines included
+    assert got[:, 2].tolist() == [1 + i // 4 for i in range(len(lines))]
+    assert leftovers(tmp_path) == []
+
+
+def test_embed_file_carries_ids_from_an_open_reader(tmp_path):
+    path = jsonl(tmp_path / "in.jsonl", [{"key": f"k{i}", "body": "x" * i} for i in range(10)])
+    reader = open_corpus(path, column="body", id_column="key", batch_rows=3)
+    result = embed_file(FakeEmbedder(), reader, tmp_path / "out.parquet")
+    ids, got = read_embeddings(tmp_path / "out.parquet")
+    assert result.rows == 10 and ids == [f"k{i}" for i in range(10)] and got[:, 0].tolist() == list(range(10))
+
+
+def test_embed_file_refusals_and_interrupts_leave_nothing(tmp_path):
+    path = jsonl(tmp_path / "in.jsonl", [{"id": i % 7, "text": "t"} for i in range(20)])
+    with pytest.raises(UsageError) as error:  # a duplicate id in the third chunk, after two were written
+        embed_file(FakeEmbedder(), path, tmp_path / "out.jsonl", id_column="id", chunk_rows=3)
+    assert "twice (line 1 and line 8)" in one_line(error)
+    with pytest.raises(UsageError, match="--id-column needs"):
+        embed_file(FakeEmbedder(), path, tmp_path / "out.npy", id_column="id")
+    with pytest.raises(KeyboardInterrupt):
+        embed_file(FakeEmbedder(fail_on_call=2), path, tmp_path / "out.npy", chunk_rows=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
 def test_import_stays_light():
-    code = "import sys, poolx.textio; print([m for m in ('numpy', 'pyarrow', 'torch') if m in sys.modules])"
+    code = "import sys, poolx.corpus; print([m for m in ('numpy', 'pyarrow', 'torch') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
