@@ -22,6 +22,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from poolx.deploy.ray_data import actor_resources, embed_dataset  # noqa: E402
+from poolx.providers import CPU, CUDA  # noqa: E402
 from poolx.errors import UsageError  # noqa: E402
 from poolx.parity.texts import VERIFY_TEXTS  # noqa: E402
 from test_corpus import read_embeddings  # noqa: E402
@@ -165,9 +166,9 @@ def test_bad_input_is_one_line_and_writes_nothing(cluster, exported, corpus, tmp
 
 
 def test_gpu_actors_ask_for_a_gpu_and_a_cluster_without_one_is_refused(cluster, exported, corpus):
-    assert actor_resources("cuda", 1, 2, 16) == {"num_gpus": 1, "num_cpus": 1.0}
-    assert actor_resources("cpu", 4, 2, 16) == {"num_gpus": 0, "num_cpus": 4.0}
-    assert actor_resources("cpu", 1, 2, 2) == {"num_gpus": 0, "num_cpus": 0.5}  # one CPU left for reads and writes
+    assert actor_resources(CUDA, 1, 2, 16) == {"num_gpus": 1, "num_cpus": 1.0}
+    assert actor_resources(CPU, 4, 2, 16) == {"num_gpus": 0, "num_cpus": 4.0}
+    assert actor_resources(CPU, 1, 2, 2) == {"num_gpus": 0, "num_cpus": 0.5}  # one CPU left for reads and writes
     ds = ray.data.read_json(str(corpus / "corpus.jsonl"), lines=True)
     with pytest.raises(UsageError, match="has 0 GPU"):
         embed_dataset(ds, exported, provider="cuda")

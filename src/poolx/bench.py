@@ -98,6 +98,10 @@ def run_bench(
     from poolx.runtime.embedder import Embedder
     from poolx.variants import bench_variants
 
+    if seconds <= 0:
+        raise UsageError(f"--seconds must be positive, got {seconds}")
+    if directory is not None:
+        Manifest.read(directory)  # a broken export is an error before anything is exported or timed
     if threads:
         torch.set_num_threads(threads)
     if not batch_sizes or not lengths or min(batch_sizes) < 1 or min(lengths) < 2:

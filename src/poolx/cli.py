@@ -49,8 +49,20 @@ def _stderr() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _errors(command: Callable[..., None]) -> Callable[..., None]:
+    """The one place errors become exit codes: a PoolxError is one stderr line and its `exit_code` (1 a failed
+    comparison, 2 bad usage or a broken directory), Ctrl-C 130, anything else an internal error, 3 (the traceback
+    with POOLX_DEBUG=1)."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        _run(lambda: command(*args, **kwargs))
+
+    return run
+
+
 def _run(command: Callable[[], None]) -> None:
-    """Run a command body, mapping errors to one stderr line and an exit code (no traceback)."""
     from poolx.errors import PoolxError
 
     try:
@@ -110,6 +122,7 @@ def _with_pooler_flags(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @app.command()
+@_errors
 @_with_pooler_flags
 def export(
     model: Annotated[Optional[str], typer.Argument(
@@ -150,42 +163,41 @@ def export(
     """Export MODEL with a pooler as one ONNX graph, with its tokenizer and a manifest, checked against eager
     PyTorch before anything is written."""
 
-    def body() -> None:
-        from poolx.errors import UsageError
-        from poolx.exporter.export import export as run_export
-        from poolx.models.registry import parse_cli_options
+    from poolx.errors import UsageError
+    from poolx.exporter.export import export as run_export
+    from poolx.models.registry import parse_cli_options
+    from poolx.parity.texts import read_texts
 
-        if triton is not None and triton.exists() and not force and (not triton.is_dir() or any(triton.iterdir())):
-            raise UsageError(f"--triton {triton} exists; pass --force to replace it, or choose another directory")
-        result = run_export(
-            model, output, pooling=pooling, num_labels=num_labels,
-            raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
-            opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
-            precision=precision, optimize=optimize,
-            target=target, calibration=_read_texts(calibration, "--calibration", limit=None) if calibration else None,
-            **parse_cli_options(pooler_options),
+    if triton is not None and triton.exists() and not force and (not triton.is_dir() or any(triton.iterdir())):
+        raise UsageError(f"--triton {triton} exists; pass --force to replace it, or choose another directory")
+    result = run_export(
+        model, output, pooling=pooling, num_labels=num_labels,
+        raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
+        opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
+        precision=precision, optimize=optimize,
+        target=target, calibration=read_texts(calibration, "--calibration", limit=None) if calibration else None,
+        **parse_cli_options(pooler_options),
+    )
+    m = result.manifest
+    outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)
+    typer.echo(
+        f"exported {m.source['name']} + {m.pooling['name']} pooler to {result.directory} "
+        f"in {result.seconds:.1f}s\n  inputs: {', '.join(m.io.input_names)}\n  outputs: {outs}\n"
+        f"{_describe_variant(m)}  next: poolx verify {result.directory}"
+    )
+    if triton is not None:
+        from poolx.deploy.triton import write_triton_repo
+
+        typer.echo(f"  triton: {write_triton_repo(result.directory, triton, force=force)}")
+    if result.untrained:
+        _stderr().print(
+            f"note: the {m.pooling['name']} pooler/head has learned parameters, freshly initialised (seed {seed}); "
+            "train them (PooledEncoder) and export the saved model directory for meaningful outputs", markup=False,
         )
-        m = result.manifest
-        outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)
-        typer.echo(
-            f"exported {m.source['name']} + {m.pooling['name']} pooler to {result.directory} "
-            f"in {result.seconds:.1f}s\n  inputs: {', '.join(m.io.input_names)}\n  outputs: {outs}\n"
-            f"{_describe_variant(m)}  next: poolx verify {result.directory}"
-        )
-        if triton is not None:
-            from poolx.deploy.triton import write_triton_repo
-
-            typer.echo(f"  triton: {write_triton_repo(result.directory, triton, force=force)}")
-        if result.untrained:
-            _stderr().print(
-                f"note: the {m.pooling['name']} pooler/head has learned parameters, freshly initialised (seed {seed}); "
-                "train them (PooledEncoder) and export the saved model directory for meaningful outputs", markup=False,
-            )
-
-    _run(body)
 
 
 @app.command()
+@_errors
 def verify(
     directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
     source: Annotated[Optional[str], typer.Option(help="Where the exported model is now, if it moved since export.")] = None,
@@ -200,53 +212,27 @@ def verify(
         help="onnxruntime provider: cpu, cuda or tensorrt. Default: the graph's target (cuda for fp16) when "
         "available, else cpu.", show_default=False)] = None,
     texts: Annotated[Optional[Path], typer.Option(
-        help=f"Also verify on your own texts: a UTF-8 file, one text per line (the first {MAX_USER_TEXTS} "
-        "non-blank lines are used).")] = None,
+        help="Also verify on your own texts: a UTF-8 file, one text per line (the first 100 non-blank lines "
+        "are used).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Rebuild the eager PyTorch model and compare it with the ONNX graph on real text, over batch sizes and
     lengths with padding. Exit 0 when all pass, 1 when any comparison fails, 2 for a broken directory."""
 
-    def body() -> None:
-        from poolx.manifest import Manifest
-        from poolx.parity.texts import VERIFY_TEXTS
-        from poolx.parity.verify import verify as run_verify
+    from poolx.parity.texts import VERIFY_TEXTS, read_texts
+    from poolx.parity.verify import verify as run_verify
 
-        tolerance = Manifest.read(directory).variant.tolerance.override(atol, rtol, min_cosine)
-        report = run_verify(
-            directory, source=source, tolerance=tolerance, provider=provider,
-            texts=VERIFY_TEXTS + (_read_texts(texts, "--texts") if texts else ()), raise_on_failure=False,
-        )
-        if as_json:
-            typer.echo(json.dumps(report.to_json(), indent=2))
-        else:
-            _print_report(report)
-        if not report.passed:
-            _stderr().print(f"verify failed: {report.summary()}", markup=False)
-            raise typer.Exit(1)
-
-    _run(body)
-
-
-MAX_USER_TEXTS = 100
-
-
-def _read_texts(path: Path, option: str, limit: int | None = MAX_USER_TEXTS) -> tuple[str, ...]:
-    """The non-blank lines of a UTF-8 text file (the first `limit`)."""
-    from poolx.errors import UsageError
-
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"{option} {path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{option} {path} is not UTF-8 (byte {e.start}); convert it first") from None
-    except OSError as e:
-        raise UsageError(f"{option} {path}: {e.strerror}") from None
-    texts = tuple(line for line in lines if line.strip())[:limit]
-    if not texts:
-        raise UsageError(f"{option} {path} has no text; write one text per line")
-    return texts
+    report = run_verify(
+        directory, source=source, provider=provider, atol=atol, rtol=rtol, min_cosine=min_cosine,
+        texts=VERIFY_TEXTS + (read_texts(texts, "--texts") if texts else ()), raise_on_failure=False,
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_report(report)
+    if not report.passed:
+        _stderr().print(f"verify failed: {report.summary()}", markup=False)
+        raise typer.Exit(1)
 
 
 def _print_report(report: Any) -> None:
@@ -284,29 +270,28 @@ def _print_report(report: Any) -> None:
 
 
 @app.command()
+@_errors
 def poolers() -> None:
     """List every pooler: what it reads, its output width, whether it learns, and its options."""
 
-    def body() -> None:
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
 
-        from poolx.models.registry import describe_poolers
+    from poolx.models.registry import describe_poolers
 
-        table = Table("name", "reads", "width", "learned", "options", show_lines=True)
-        for d in describe_poolers():
-            table.add_row(
-                f"[bold]{d.name}[/]\n{escape(d.summary)}", d.reads, escape(d.width), d.learned,
-                escape("\n".join(d.options) or "-"),
-            )
-        Console().print(table)
-        typer.echo("D = the backbone's hidden size; learned parameters are trained with PooledEncoder.")
-
-    _run(body)
+    table = Table("name", "reads", "width", "learned", "options", show_lines=True)
+    for d in describe_poolers():
+        table.add_row(
+            f"[bold]{d.name}[/]\n{escape(d.summary)}", d.reads, escape(d.width), d.learned,
+            escape("\n".join(d.options) or "-"),
+        )
+    Console().print(table)
+    typer.echo("D = the backbone's hidden size; learned parameters are trained with PooledEncoder.")
 
 
 @app.command()
+@_errors
 def embed(
     directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to embed and print (or use --input).", show_default=False)] = None,
@@ -336,59 +321,56 @@ def embed(
 ) -> None:
     """Embed texts with an export: a few given on the command line (printed), or a whole file (--input/--output)."""
 
-    def body() -> None:
-        import warnings
+    import warnings
 
-        from poolx.errors import UsageError
+    from poolx.errors import UsageError
 
-        if bool(input) != bool(output):
-            raise UsageError("--input and --output go together: poolx embed DIR --input texts.txt --output vectors.npy")
-        if input and texts:
-            raise UsageError("give texts on the command line or --input FILE, not both")
-        if not input and not texts:
-            raise UsageError("nothing to embed: give texts, or --input FILE --output FILE")
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-        if engine not in ("local", "ray"):
-            raise UsageError(f"--engine is local or ray, got {engine!r}")
-        if engine == "local" and (address or actors):
-            raise UsageError("--address and --actors are for --engine ray")
-        if engine == "ray":
-            if not input:
-                raise UsageError("--engine ray embeds files: give --input FILE --output FILE")
-            from poolx.deploy.ray_data import run_file_job
+    if bool(input) != bool(output):
+        raise UsageError("--input and --output go together: poolx embed DIR --input texts.txt --output vectors.npy")
+    if input and texts:
+        raise UsageError("give texts on the command line or --input FILE, not both")
+    if not input and not texts:
+        raise UsageError("nothing to embed: give texts, or --input FILE --output FILE")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine is local or ray, got {engine!r}")
+    if engine == "local" and (address or actors):
+        raise UsageError("--address and --actors are for --engine ray")
+    if engine == "ray":
+        if not input:
+            raise UsageError("--engine ray embeds files: give --input FILE --output FILE")
+        from poolx.deploy.ray_data import run_file_job
 
-            rows = run_file_job(
-                directory, input, output, column=column, id_column=id_column,
-                provider=provider, address=address, actors=actors,
-                threads=threads or 1, normalize=normalize, force=force,
-            )
-            typer.echo(f"wrote {rows} embeddings to {output}")
-            return
-        from poolx import corpus
+        rows = run_file_job(
+            directory, input, output, column=column, id_column=id_column,
+            provider=provider, address=address, actors=actors,
+            threads=threads or 1, normalize=normalize, force=force,
+        )
+        typer.echo(f"wrote {rows} embeddings to {output}")
+        return
+    from poolx import corpus
 
-        if output:  # the output, the input's header and first rows are checked before the model loads
-            corpus.check_output(output, force, input_path=input, ids=id_column is not None)
-            reader = corpus.open_corpus(input, column=column, id_column=id_column)
-        from poolx.runtime.embedder import Embedder
+    if output:  # the output, the input's header and first rows are checked before the model loads
+        corpus.check_output(output, force, input_path=input, ids=id_column is not None)
+        reader = corpus.open_corpus(input, column=column, id_column=id_column)
+    from poolx.runtime.embedder import Embedder
 
-        embedder = Embedder(directory, provider, threads=threads)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the truncation note is printed once below
-            if output:
-                _embed_file(embedder, reader, output, batch_size, normalize, force)
-            else:
-                vectors = embedder.embed(texts, batch_size=batch_size, normalize=normalize)
-                for text, vec in zip(texts, vectors):
-                    head = " ".join(f"{v:+.4f}" for v in vec[:dims])
-                    typer.echo(f"{text[:40]!r:44} [{head}{' ...' if len(vec) > dims else ''}] (dim {len(vec)})")
-        if embedder.truncated:
-            _stderr().print(
-                f"note: {embedder.truncated} text(s) longer than {embedder.max_length} tokens were truncated",
-                markup=False,
-            )
-
-    _run(body)
+    embedder = Embedder(directory, provider, threads=threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the truncation note is printed once below
+        if output:
+            _embed_file(embedder, reader, output, batch_size, normalize, force)
+        else:
+            vectors = embedder.embed(texts, batch_size=batch_size, normalize=normalize)
+            for text, vec in zip(texts, vectors):
+                head = " ".join(f"{v:+.4f}" for v in vec[:dims])
+                typer.echo(f"{text[:40]!r:44} [{head}{' ...' if len(vec) > dims else ''}] (dim {len(vec)})")
+    if embedder.truncated:
+        _stderr().print(
+            f"note: {embedder.truncated} text(s) longer than {embedder.max_length} tokens were truncated",
+            markup=False,
+        )
 
 
 def _embed_file(embedder: Any, reader: Any, output: Path, batch_size: int, normalize: bool, force: bool) -> None:
@@ -425,6 +407,7 @@ def _embed_file(embedder: Any, reader: Any, output: Path, batch_size: int, norma
 
 
 @app.command()
+@_errors
 def bench(
     directory: Annotated[Optional[Path], typer.Argument(
         help="An export to benchmark (its source model and pooler). Default: the packaged MiniLM, mean pooling.",
@@ -439,37 +422,28 @@ def bench(
     """Time eager PyTorch against every poolx variant on the same texts (tokenization included), print a table,
     write JSON and a PNG chart."""
 
-    def body() -> None:
-        from rich.console import Console
-        from rich.table import Table
+    from rich.console import Console
+    from rich.table import Table
 
-        from poolx.bench import run_bench, write_outputs
-        from poolx.errors import UsageError
+    from poolx.bench import run_bench, write_outputs
 
-        if seconds <= 0:
-            raise UsageError(f"--seconds must be positive, got {seconds}")
-        if directory is not None:
-            from poolx.manifest import Manifest
-
-            Manifest.read(directory)
-        report = run_bench(
-            directory, batch_sizes=_int_list(batch_sizes, "--batch-sizes") or [], lengths=_int_list(lengths, "--lengths") or [],
-            seconds=seconds, threads=threads, providers=provider, log=lambda m: _stderr().print(m, markup=False),
+    report = run_bench(
+        directory, batch_sizes=_int_list(batch_sizes, "--batch-sizes") or [], lengths=_int_list(lengths, "--lengths") or [],
+        seconds=seconds, threads=threads, providers=provider, log=lambda m: _stderr().print(m, markup=False),
+    )
+    table = Table("candidate", "device", "batch×tokens", "tokens/s", "p50 ms", "p99 ms", "speed-up", "max abs", "min cosine")
+    for c in report.cells:
+        table.add_row(
+            c.candidate, c.device, f"{c.batch}×{c.length}", f"{c.tokens_per_s:,.0f}", f"{c.p50_ms:.2f}",
+            f"{c.p99_ms:.2f}", f"{c.speedup:.2f}×" if c.speedup else "-", f"{c.max_abs:.1e}", f"{c.min_cosine:.5f}",
         )
-        table = Table("candidate", "device", "batch×tokens", "tokens/s", "p50 ms", "p99 ms", "speed-up", "max abs", "min cosine")
-        for c in report.cells:
-            table.add_row(
-                c.candidate, c.device, f"{c.batch}×{c.length}", f"{c.tokens_per_s:,.0f}", f"{c.p50_ms:.2f}",
-                f"{c.p99_ms:.2f}", f"{c.speedup:.2f}×" if c.speedup else "-", f"{c.max_abs:.1e}", f"{c.min_cosine:.5f}",
-            )
-        Console(width=max(Console().width, 120)).print(table)
-        json_path, png = write_outputs(report, out)
-        typer.echo(f"wrote {json_path}" + (f" and {png}" if png else " (install matplotlib for the chart)"))
-
-    _run(body)
+    Console(width=max(Console().width, 120)).print(table)
+    json_path, png = write_outputs(report, out)
+    typer.echo(f"wrote {json_path}" + (f" and {png}" if png else " (install matplotlib for the chart)"))
 
 
 @app.command()
+@_errors
 def triton(
     directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
     repo: Annotated[Path, typer.Argument(help="The Triton model repository to write.")],
@@ -481,17 +455,15 @@ def triton(
     """Write a Triton Inference Server model repository: the ONNX model (onnxruntime backend, dynamic batching,
     TensorRT fp16 with CUDA fallback on GPUs), a Python-backend tokenizer and an ensemble (text in, embedding out)."""
 
-    def body() -> None:
-        from poolx.deploy.triton import write_triton_repo
+    from poolx.deploy.triton import write_triton_repo
 
-        path = write_triton_repo(directory, repo, name=name, max_batch_size=max_batch_size, force=force, kind=kind)
-        models = ", ".join(sorted(p.name for p in path.iterdir() if p.is_dir()))
-        typer.echo(f"wrote Triton model repository {path} ({models})")
-
-    _run(body)
+    path = write_triton_repo(directory, repo, name=name, max_batch_size=max_batch_size, force=force, kind=kind)
+    models = ", ".join(sorted(p.name for p in path.iterdir() if p.is_dir()))
+    typer.echo(f"wrote Triton model repository {path} ({models})")
 
 
 @app.command()
+@_errors
 def serve(
     directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
     host: Annotated[str, typer.Option(help="Address to bind (loopback unless told otherwise).")] = "127.0.0.1",
@@ -513,16 +485,13 @@ def serve(
     """Serve an export over HTTP: POST /v1/embeddings (OpenAI), POST /embed (text-embeddings-inference), GET
     /health, /info, /metrics. Concurrent requests are batched together. SIGTERM drains in-flight requests."""
 
-    def body() -> None:
-        from poolx.serve.server import ServeOptions, serve as run_server
+    from poolx.serve.server import ServeOptions, serve as run_server
 
-        options = ServeOptions(
-            host=host, port=port, provider=provider, api_key=api_key, model_name=model_name, threads=threads,
-            max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_inputs=max_inputs,
-        )
-        run_server(directory, options, say=typer.echo, note=lambda line: _stderr().print(line, markup=False))
-
-    _run(body)
+    options = ServeOptions(
+        host=host, port=port, provider=provider, api_key=api_key, model_name=model_name, threads=threads,
+        max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_inputs=max_inputs,
+    )
+    run_server(directory, options, say=typer.echo, note=lambda line: _stderr().print(line, markup=False))
 
 
 def main() -> None:

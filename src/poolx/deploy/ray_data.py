@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 from poolx.errors import PoolxError, UsageError
 from poolx.manifest import Manifest
+from poolx.providers import Provider
 
-GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
 def import_ray() -> Any:
@@ -39,15 +39,15 @@ def import_ray() -> Any:
     return ray
 
 
-def actor_resources(provider: str, threads: int, actors: int, cluster_cpus: float) -> dict[str, float]:
+def actor_resources(provider: Provider, threads: int, actors: int, cluster_cpus: float) -> dict[str, float]:
     """What each embedding actor asks Ray for: one GPU on CUDA/TensorRT, else `threads` CPUs. Ray's CPU counts are
     scheduling tokens: if the actors would hold every CPU, Ray Data's own read and write tasks (1 CPU each) could
     never start and the job would wait forever (seen with 2 actors on 2 CPUs), so the actors then ask for less, to
     leave one CPU free; they still run `threads` onnxruntime threads each."""
-    cpus = float(threads) if provider not in GPU_PROVIDERS else 1.0
+    cpus = 1.0 if provider.gpu else float(threads)
     if cluster_cpus > 1 and actors * cpus > cluster_cpus - 1:
         cpus = (cluster_cpus - 1) / actors
-    return {"num_gpus": 1 if provider in GPU_PROVIDERS else 0, "num_cpus": cpus}
+    return {"num_gpus": 1 if provider.gpu else 0, "num_cpus": cpus}
 
 
 class _EmbedBatches:
@@ -92,13 +92,12 @@ def embed_dataset(
     """`ds` (a Ray Dataset with a string column `column`) with `output_column` added: a fixed_size_list<float32>
     of the export's width per row. Lazy, like every Ray Data transform: it runs when consumed or written.
 
-    provider: auto (CUDA when the cluster has GPUs and the graph is not int8, else CPU), cpu, cuda or tensorrt.
+    provider: auto (the variant's choice with the cluster's GPUs: CUDA when the cluster has GPUs and CUDA runs the
+    graph, else CPU), cpu, cuda or tensorrt (checked against the graph's variant, as the Embedder does).
     actors: embedding actors (default: as many as the cluster's GPUs on CUDA/TensorRT, else its CPUs / threads).
     threads: onnxruntime CPU threads per actor (and the CPUs it asks Ray for). batch_size: rows per Ray batch (the
     Embedder sorts them by length and runs them in model batches of 32)."""
     ray = import_ray()
-    if provider not in ("auto", "cpu", *GPU_PROVIDERS):
-        raise UsageError(f"unknown provider {provider!r}; choose auto, cpu, cuda or tensorrt")
     if threads < 1 or batch_size < 1 or (actors is not None and actors < 1):
         raise UsageError("actors, threads and batch_size must be at least 1")
     manifest = Manifest.read(directory)
@@ -110,15 +109,13 @@ def embed_dataset(
         raise UsageError(f"the dataset already has a column {output_column!r}")
     cluster = ray.cluster_resources()
     cpus = float(cluster.get("CPU", 1))
-    if provider == "auto":  # the cluster's GPUs, not this machine's, decide
-        gpu_graph = manifest.graph.get("precision", "fp32") != "int8"
-        provider = "cuda" if cluster.get("GPU", 0) >= 1 and gpu_graph else "cpu"
     gpus = int(cluster.get("GPU", 0))
-    if provider in GPU_PROVIDERS and gpus < (actors or 1):  # Ray would wait forever for GPUs that are not there
-        raise UsageError(f"--provider {provider} with {actors or 1} actor(s): the Ray cluster has {gpus} GPU(s)")
+    chosen = manifest.variant.choose(provider, gpu=gpus >= 1)  # the cluster's GPUs, not this machine's, decide
+    if chosen.gpu and gpus < (actors or 1):  # Ray would wait forever for GPUs that are not there
+        raise UsageError(f"--provider {chosen} with {actors or 1} actor(s): the Ray cluster has {gpus} GPU(s)")
     if actors is None:
-        actors = gpus if provider in GPU_PROVIDERS else max(1, int(cpus // threads))
-    resources = actor_resources(provider, threads, actors, cpus)
+        actors = gpus if chosen.gpu else max(1, int(cpus // threads))
+    resources = actor_resources(chosen, threads, actors, cpus)
     root = Path(directory)
     files = {name: (root / name).read_bytes() for name in [*manifest.files, "manifest.json"]}
     bundle = [ray.put(files)]
@@ -128,7 +125,7 @@ def embed_dataset(
     return ds.map_batches(
         _EmbedBatches, batch_format="pyarrow", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs=dict(
-            bundle=bundle, provider=provider, threads=threads, column=column, output_column=output_column,
+            bundle=bundle, provider=chosen.name, threads=threads, column=column, output_column=output_column,
             normalize=normalize, batch_size=32,
         ),
         **resources,  # Ray Data's actor pools restart dead actors and retry their batches (max_restarts and
