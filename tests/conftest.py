@@ -10,9 +10,15 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2 on 2 cores: one torch thread per worker, not two each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ARCHITECTURES = ("bert", "roberta", "distilbert", "deberta-v2")
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37)
+# The tiny models' tokenizer says 128 tokens (their position embeddings take 512): exports default to
+# max_length 128, so verify's cases (each text alone, batches padded to their longest text and to max_length,
+# truncation) stay the same cases at a quarter of the attention cost.
+TINY_MAX_LENGTH = 128
 # Options the registry-wide tests pass where a pooler's defaults do not fit a 4-layer backbone
 # (wk's default layer_start 4 leaves one layer; it needs three).
 TINY_OPTIONS: dict[str, dict] = {"wk": {"layer_start": 1}}
@@ -49,7 +55,9 @@ def build_tiny_model(arch: str, directory: Path) -> Path:
     torch.manual_seed(1234)
     model = AutoModel.from_config(tiny_config(arch))
     model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.model_max_length = TINY_MAX_LENGTH
+    tokenizer.save_pretrained(directory)
     return directory
 
 
@@ -73,3 +81,31 @@ def bert_mean(tiny_models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every Ray test, bound to loopback; its address."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _node_ip_address="127.0.0.1")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """With pytest-xdist (`-n auto --dist loadgroup`, the README's command): every test that uses the Ray cluster
+    runs on one worker (one cluster, not one per worker), and the tests of a module with module-scoped fixtures
+    (servers, exports shared by the module) on one worker, so those are built once. Other tests are spread."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):  # the module chose (a Ray fixture asked for at run time)
+            continue
+        defs = getattr(item, "_fixtureinfo", None)
+        scopes = {name: d[-1].scope for name, d in (defs.name2fixturedefs.items() if defs else ()) if d}
+        if "ray_cluster" in scopes:
+            group = "ray"
+        elif "module" in scopes.values():
+            group = item.module.__name__
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -15,15 +15,8 @@ import pytest
 
 from test_corpus import read_embeddings
 
+pytestmark = pytest.mark.xdist_group("ray")  # its Ray cases share the one cluster of tests/test_ray.py
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             _node_ip_address="127.0.0.1")  # loopback only
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(params=["local", "ray"])
@@ -107,7 +100,7 @@ def test_a_duplicate_id_past_the_first_batch_is_refused(engine, bert_mean, tmp_p
 @pytest.mark.parametrize("content,args,needles", [
     (b"fine\n" * 5000 + b"caf\xe9\n", [], ["not UTF-8", "line 5001", "byte offset 25003"]),
     (b'{"text": "x"}\n', ["--column", "body"], ["line 1 has no field 'body'", "'text'"]),
-])
+], ids=["not-utf8-deep-in-the-file", "missing-field"])
 def test_bad_input_is_one_line_exit_2_and_no_output(engine, bert_mean, tmp_path, content, args, needles):
     src = tmp_path / ("in.jsonl" if content.startswith(b"{") else "in.txt")
     src.write_bytes(content)
