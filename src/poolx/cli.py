@@ -85,17 +85,9 @@ def _run(command: Callable[[], None]) -> None:
 
 
 def _int_list(value: Optional[str], what: str) -> Optional[list[int]]:
-    if value is None:
-        return None
-    from poolx.errors import UsageError
+    from poolx.models.options import parse_int_list
 
-    try:
-        items = [int(v) for v in value.replace(" ", ",").split(",") if v]
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated integers, got {value!r}") from None
-    if not items:
-        raise UsageError(f"{what} must list at least one number")
-    return items
+    return None if value is None else parse_int_list(value, what)
 
 
 def _with_pooler_flags(command: Callable[..., None]) -> Callable[..., None]:

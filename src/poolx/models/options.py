@@ -167,15 +167,7 @@ class Option:
         if text is None:
             return None
         if self.type == INT_LIST:
-            if not isinstance(text, str):
-                return text
-            try:
-                items = [int(v) for v in text.replace(" ", ",").split(",") if v]
-            except ValueError:
-                raise UsageError(f"{self.flag} must be comma-separated integers, got {text!r}") from None
-            if not items:
-                raise UsageError(f"{self.flag} must list at least one integer, got {text!r}")
-            return items
+            return parse_int_list(text, self.flag) if isinstance(text, str) else text
         if isinstance(text, str) and self.type is not str:
             try:
                 return self.type(text)
@@ -248,3 +240,14 @@ def validate_options(
         value = given.get(option.name, option.default)
         values[option.name] = option.validate(list(value) if option.type == INT_LIST else value, num_layers)
     return values
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    """"-1,-2" (or "-1 -2") -> [-1, -2]; a one-line UsageError naming `flag` otherwise."""
+    try:
+        items = [int(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not items:
+        raise UsageError(f"{flag} must list at least one integer, got {text!r}")
+    return items
