@@ -57,14 +57,14 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single_process(exported, corpus, tmp_path_factory):
-    """id -> vector from the single-process `poolx embed` on the same input."""
-    out = tmp_path_factory.mktemp("single") / "single.parquet"
-    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
-                   "--id-column", "id", "--provider", "cpu")
-    assert result.returncode == 0, result.stderr
-    ids, vectors = read_embeddings(out)
-    return dict(zip(ids, vectors))
+def single_process(exported, corpus):
+    """id -> vector from one in-process Embedder on the same rows (`poolx embed`'s local engine is held to the
+    Embedder in tests/test_corpus_engines.py)."""
+    from poolx import Embedder
+
+    table = pq.read_table(corpus / "corpus.parquet")
+    vectors = Embedder(exported, "cpu").embed(table.column("text").to_pylist())
+    return dict(zip(table.column("id").to_pylist(), vectors))
 
 
 def poolx(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -84,21 +84,27 @@ def quantize_int8(
         amax = activation_ranges(probe, batches)
         reference = _run(source, output, batches)
 
+        attempts = 0
+
         def attempt(alpha: float | None, kept: Sequence[str]) -> tuple[float, Path]:
-            path = work / "candidate.onnx"
+            nonlocal attempts
+            attempts += 1
+            path = work / f"candidate-{attempts}.onnx"  # kept, so the winner need not be quantized again
             smoothed = _smoothed(model, groups, weights, amax, dict.fromkeys(groups, alpha))
             _quantize(smoothed, path, work, [model.graph.node[i].name for t in kept for i in groups[t]])
             return _min_cosine(_run(path, output, batches), reference, output), path
 
-        tried = {alpha: attempt(alpha, [])[0] for alpha in alphas}
+        candidates = {alpha: attempt(alpha, []) for alpha in alphas}
+        tried = {alpha: cosine for alpha, (cosine, _) in candidates.items()}
         alpha = max(alphas, key=lambda a: tried[a])
-        cosine, path = attempt(alpha, [])
-        errors = simulated_errors(probe, batches, weights, amax, alpha)
-        worst_first = sorted(groups, key=lambda t: -errors[t])
+        cosine, path = candidates[alpha]
         kept: list[str] = []
-        while cosine < min_cosine and len(kept) < len(groups) // 3:
-            kept.append(worst_first[len(kept)])
-            cosine, path = attempt(alpha, kept)
+        if cosine < min_cosine:  # simulate each group's int8 error only when some must stay fp32
+            errors = simulated_errors(probe, batches, weights, amax, alpha)
+            worst_first = sorted(groups, key=lambda t: -errors[t])
+            while cosine < min_cosine and len(kept) < len(groups) // 3:
+                kept.append(worst_first[len(kept)])
+                cosine, path = attempt(alpha, kept)
         quantized = onnx.load(str(path))
     if cosine < min_cosine:
         raise ExportError(
