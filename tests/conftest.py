@@ -83,9 +83,10 @@ def minilm() -> Path:
     return minilm_path()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray cluster for every Ray test, bound to loopback; its address."""
+    """A local Ray cluster for a module's Ray tests, bound to loopback; its address. Module-scoped: a cluster's
+    background processes would otherwise take CPU from every later test on that worker."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              _node_ip_address="127.0.0.1")
@@ -94,8 +95,8 @@ def ray_cluster():
 
 
 def pytest_collection_modifyitems(items):
-    """With pytest-xdist (`-n auto --dist loadgroup`, the README's command): every test that uses the Ray cluster
-    runs on one worker (one cluster, not one per worker), and the tests of a module with module-scoped fixtures
+    """With pytest-xdist (`-n auto --dist loadgroup`, the README's command): every test that uses a Ray cluster
+    runs on one worker (never two clusters at once), and the tests of a module with module-scoped fixtures
     (servers, exports shared by the module) on one worker, so those are built once. Other tests are spread."""
     for item in items:
         if item.get_closest_marker("xdist_group"):  # the module chose (a Ray fixture asked for at run time)

@@ -15,7 +15,7 @@ import pytest
 
 from test_corpus import read_embeddings
 
-pytestmark = pytest.mark.xdist_group("ray")  # its Ray cases share the one cluster of tests/test_ray.py
+pytestmark = pytest.mark.xdist_group("ray")  # on the worker of tests/test_ray.py: one Ray cluster at a time
 
 
 
