@@ -10,8 +10,18 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2 on 2 cores: one torch thread per worker, not two each
+if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2 on 2 cores: one thread per worker for torch and onnxruntime
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import poolx.runtime.session as _session
+
+    _create_session = _session.create_session
+
+    def _one_thread(graph, provider="cpu", threads=None, provider_options=None, spinning=True):
+        """Sessions made in the test process: one intra-op thread unless a test asks for more, and no spin-waiting
+        (two workers' spinning threads took the CPU the other worker needed). Subprocesses are unaffected."""
+        return _create_session(graph, provider, threads or 1, provider_options, False)
+
+    _session.create_session = _one_thread
 
 ARCHITECTURES = ("bert", "roberta", "distilbert", "deberta-v2")
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37)
