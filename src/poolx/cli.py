@@ -75,6 +75,9 @@ def _run(command: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         _stderr().print("interrupted; nothing was left half-written")
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # stdout closed early (`poolx poolers | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as e:  # a bug in poolx or a library: say so in one line unless asked for the traceback
