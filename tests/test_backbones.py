@@ -10,7 +10,6 @@ import pytest
 
 from conftest import TINY, minilm_path
 from poolx.models.backbones import ADAPTERS, GENERIC, adapter_for
-from poolx.models.loading import position_limit
 
 VOCAB = 64  # the table is about structure; small vocabularies keep these models cheap
 
@@ -72,6 +71,9 @@ def test_inputs_and_position_limits():
     assert adapter_for(roberta).input_names(roberta) == ("input_ids", "attention_mask")  # one token type
     assert adapter_for(tiny("electra")).input_names(tiny("electra")) == ("input_ids", "attention_mask", "token_type_ids")
     assert adapter_for(tiny("mpnet")).input_names(tiny("mpnet")) == ("input_ids", "attention_mask")
+    def position_limit(config):
+        return adapter_for(config).position_limit(config)
+
     assert position_limit(bert) == 512
     assert position_limit(roberta) == 512  # 514 - (pad 1 + 1)
     assert position_limit(tiny("roberta", pad_token_id=0)) == 513
@@ -92,7 +94,7 @@ def test_generic_position_limit_with_and_without_the_model(model_type):
     torch.manual_seed(0)
     model = AutoModel.from_config(config)
     expected = 514 if model_type == "albert" else 512
-    assert GENERIC.position_limit(config, model) == GENERIC.position_limit(config) == position_limit(config) == expected
+    assert GENERIC.position_limit(config, model) == GENERIC.position_limit(config) == adapter_for(config).position_limit(config) == expected
 
 
 def test_expected_fusions_scale_with_layers():
@@ -120,7 +122,7 @@ def test_pooler_head_state_is_kept_by_poolx_not_on_the_model(tmp_path):
     from transformers import BertModel
 
     from conftest import tiny_config
-    from poolx.models.encoder import PooledEncoder, has_pooler_head
+    from poolx.models.encoder import PooledEncoder
     from poolx.models.loading import load_backbone, missing_keys, resolve_source
 
     torch.manual_seed(0)
@@ -128,7 +130,7 @@ def test_pooler_head_state_is_kept_by_poolx_not_on_the_model(tmp_path):
     model = load_backbone(resolve_source(str(tmp_path / "m")))
     assert model.pooler is not None and any(k.startswith("pooler.") for k in missing_keys(model))
     assert not [k for k in vars(model) if "poolx" in k]
-    assert not has_pooler_head(model) and not adapter_for(model.config).has_pooler_head(model, missing_keys(model))
+    assert not adapter_for(model.config).has_pooler_head(model, missing_keys(model))
     assert adapter_for(model.config).has_pooler_head(model)  # the same model built in memory has its head
     encoder = PooledEncoder.from_backbone(model, "cls")
     assert encoder.adapter.family == "bert" and not encoder.has_pooler_head

@@ -57,7 +57,6 @@ def test_optimized_graph_keeps_hidden_states_output(tiny_models, tmp_path):
 
 def test_fp16_keeps_io_and_pooler_in_float32_and_passes_its_cosine_bound(tiny_models, tmp_path):
     result = export(str(tiny_models["bert"]), tmp_path / "e", pooling="mean", num_labels=2, precision="fp16")
-    graph = result.manifest.graph
     assert result.manifest.variant.to_json() == {"precision": "fp16", "fused": True, "target": "cuda"}
     model = onnx.load(str(tmp_path / "e" / "model.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)  # the backbone is fp16

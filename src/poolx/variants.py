@@ -93,12 +93,17 @@ class Variant:
         if target is not None and TARGETS[target] not in p.targets:
             raise UsageError(p.refusals.get(target, f"{p.name} graphs are not built for {target}"))
         variant = cls(p, optimize or p.always_fused, TARGETS[target] if target else p.targets[0])
-        if variant.fuses_attention and "attentions" in raw_outputs:
+        variant.check_outputs(raw_outputs)
+        return variant
+
+    def check_outputs(self, raw_outputs: Sequence[str]) -> None:
+        """Refuse raw backbone outputs this variant's graph cannot have: the fused Attention op has no attention
+        probabilities."""
+        if self.fuses_attention and "attentions" in raw_outputs:
             raise UsageError(
                 "the fused Attention op does not output attention probabilities: drop `attentions` from --outputs, "
                 "or export without --optimize/fp16"
             )
-        return variant
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Variant":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from poolx.corpus.reader import BATCH_ROWS, CorpusReader, PathLike, open_corpus

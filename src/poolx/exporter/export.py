@@ -79,9 +79,8 @@ def export(
     start = time.perf_counter()
     output = _check_output(Path(output), force)
     if variant is None:
-        variant = Variant.resolve(precision, optimize, target, raw_outputs)
-    elif variant.fuses_attention and "attentions" in raw_outputs:
-        Variant.resolve(variant.precision, variant.fused, variant.target.name, raw_outputs)  # raises, saying why
+        variant = Variant.resolve(precision, optimize, target)
+    variant.check_outputs(raw_outputs)
     if calibration is not None and variant.precision is not INT8:
         raise UsageError("--calibration is for --precision int8")
     if opset not in OPSETS:

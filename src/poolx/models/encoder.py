@@ -20,12 +20,6 @@ from poolx.models.registry import create_pooler, get_spec, list_poolers
 RAW_OUTPUTS = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
 
 
-def has_pooler_head(backbone: nn.Module) -> bool:
-    """Whether the backbone's pooler_output comes from a trained pooler head (its adapter's judgement, with what
-    loading found missing from the checkpoint)."""
-    return adapter_for(backbone.config).has_pooler_head(backbone, missing_keys(backbone))
-
-
 def accepts_token_type_ids(backbone: nn.Module) -> bool:
     """Whether token_type_ids is a graph input (the backbone adapter's `uses_token_type_ids`)."""
     return adapter_for(backbone.config).uses_token_type_ids(backbone.config, backbone)

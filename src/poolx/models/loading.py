@@ -149,11 +149,3 @@ def default_max_length(source: ModelSource, limit: int, tokenizer: Any) -> int:
             return min(value, limit)
     tok_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
     return min(tok_max, limit) if 0 < tok_max < 1_000_000 else limit
-
-
-def position_limit(config: Any, model: Any = None) -> int:
-    """The longest sequence the backbone accepts (RoBERTa-style models reserve padding_idx + 1 positions): the
-    backbone adapter's `position_limit`."""
-    from poolx.models.backbones import adapter_for
-
-    return adapter_for(config).position_limit(config, model)
