@@ -104,10 +104,13 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     """With pytest-xdist (`-n auto --dist loadgroup`, the README's command): every test that uses a Ray cluster
     runs on one worker (never two clusters at once), and the tests of a module with module-scoped fixtures
-    (servers, exports shared by the module) on one worker, so those are built once. Other tests are spread."""
+    (servers, exports shared by the module) on one worker, so those are built once. The `slow` tests (the real
+    MiniLM end to end, 5-45 s each) are one group too: xdist hands out groups before single tests, so the longest
+    work starts first instead of ending the run on one worker. Other tests are spread."""
     for item in items:
         if item.get_closest_marker("xdist_group"):  # the module chose (a Ray fixture asked for at run time)
             continue
@@ -115,6 +118,8 @@ def pytest_collection_modifyitems(items):
         scopes = {name: d[-1].scope for name, d in (defs.name2fixturedefs.items() if defs else ()) if d}
         if "ray_cluster" in scopes:
             group = "ray"
+        elif item.get_closest_marker("slow"):
+            group = "slow"
         elif "module" in scopes.values():
             group = item.module.__name__
         else:

@@ -59,6 +59,7 @@ def test_raw_backbone_outputs(arch, tiny_models, tmp_path):
     assert shapes["attentions"] == (4, "batch_size", 4, "sequence_length", "sequence_length")
 
 
+@pytest.mark.slow
 def test_minilm_default_model_with_raw_outputs(tmp_path):
     out = tmp_path / "minilm"
     result = export(None, out, pooling="mean", raw_outputs=["last_hidden_state", "pooler_output", "hidden_states", "attentions"])
@@ -77,6 +78,7 @@ def test_minilm_default_model_with_raw_outputs(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_minilm_mean_equals_sentence_transformers(tmp_path):
     """The packaged model's own pipeline (sentence-transformers: mean pooling) gives the same vectors as the
     exported graph, before its normalisation step."""

@@ -21,6 +21,10 @@ ray = pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from click.testing import Result  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from poolx.cli import app  # noqa: E402
 from poolx.deploy.ray_data import actor_resources, embed_dataset  # noqa: E402
 from poolx.providers import CPU, CUDA  # noqa: E402
 from poolx.errors import UsageError  # noqa: E402
@@ -68,7 +72,14 @@ def single_process(exported, corpus):
 
 
 def poolx(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The installed command in a process of its own: a driver that connects to the cluster, as a user's does."""
     return subprocess.run([sys.executable, "-m", "poolx.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def poolx_here(*args: str) -> Result:
+    """The same command in the test process (the runner's driver is already connected): no Python start and Ray
+    connection per call."""
+    return CliRunner().invoke(app, list(args))
 
 
 def check_rows(ids: list, vectors: np.ndarray, reference: dict) -> None:
@@ -94,9 +105,9 @@ def test_cli_on_a_cluster_gives_every_row_once_with_the_single_process_vectors(c
 
 def test_txt_without_ids_keeps_blank_lines_and_the_input_order(cluster, exported, corpus, single_process, tmp_path):
     out = tmp_path / "ray.jsonl"
-    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.txt"), "--output", str(out),
-                   "--engine", "ray", "--address", cluster, "--provider", "cpu")
-    assert result.returncode == 0, result.stderr
+    result = poolx_here("embed", str(exported), "--input", str(corpus / "corpus.txt"), "--output", str(out),
+                        "--engine", "ray", "--address", cluster, "--provider", "cpu")
+    assert result.exit_code == 0, result.stderr
     assert out.is_file() and f"wrote {ROWS} embeddings to {out}" in result.stdout  # one file, as `poolx embed` writes
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == ROWS and set(rows[0]) == {"embedding"}  # a blank line is a row: row i is line i
@@ -148,18 +159,18 @@ def test_bad_input_is_one_line_and_writes_nothing(cluster, exported, corpus, tmp
     result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
                    "--engine", "ray", "--address", closed)
     assert result.returncode == 2 and "cannot reach a Ray cluster" in result.stderr and time.time() - start < 60
-    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
-                   "--engine", "ray", "--address", cluster, "--column", "body")
-    assert result.returncode == 2 and "no column 'body'" in result.stderr and "'id', 'text'" in result.stderr
+    result = poolx_here("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
+                        "--engine", "ray", "--address", cluster, "--column", "body")
+    assert result.exit_code == 2 and "no column 'body'" in result.stderr and "'id', 'text'" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing half-written
     out.write_bytes(b"keep")
-    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
-                   "--engine", "ray", "--address", cluster)
-    assert result.returncode == 2 and "exists" in result.stderr and out.read_bytes() == b"keep"
-    result = poolx("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output",
-                   str(tmp_path / "out.csv"), "--engine", "ray", "--address", cluster)
-    assert result.returncode == 2 and "supported outputs are .npy, .parquet, .jsonl" in result.stderr
+    result = poolx_here("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output", str(out),
+                        "--engine", "ray", "--address", cluster)
+    assert result.exit_code == 2 and "exists" in result.stderr and out.read_bytes() == b"keep"
+    result = poolx_here("embed", str(exported), "--input", str(corpus / "corpus.parquet"), "--output",
+                        str(tmp_path / "out.csv"), "--engine", "ray", "--address", cluster)
+    assert result.exit_code == 2 and "supported outputs are .npy, .parquet, .jsonl" in result.stderr
 
 
 def test_gpu_actors_ask_for_a_gpu_and_a_cluster_without_one_is_refused(cluster, exported, corpus):

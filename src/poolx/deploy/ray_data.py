@@ -137,6 +137,7 @@ def connect(address: Optional[str]) -> Any:
     """Join the cluster at `address` ("host:port", "ray://host:port" or "auto"), or start a local one. An address
     nobody answers on is a one-line error within seconds (ray.init alone waits much longer)."""
     ray = import_ray()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data logs every plan and sink at INFO
     if ray.is_initialized():
         return ray
     if address and address != "auto":
@@ -158,7 +159,6 @@ def connect(address: Optional[str]) -> Any:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UsageError(f"cannot connect to Ray at {address or 'a new local cluster'}: {str(e).splitlines()[0]}") from None
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data logs every plan and sink at INFO
     return ray
 
 
