@@ -158,6 +158,35 @@ def test_cosine_bounds_also_bound_scale_and_one_wide_outputs(precision):
     assert c.min_cosine == pytest.approx(1.0) and not c.passed
 
 
+def test_comparison_figures_nonfinite_values_and_a_batch_axis_inside():
+    """The figures of one comparison, computed in place, equal the plain float64 definitions; NaN or inf in either
+    array fails it and is counted, while finite values whose difference overflows float32 are not NaN."""
+    from poolx.parity.compare import Comparison
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)  # batch on axis 1, as attentions have it
+    got = (ref + rng.standard_normal(ref.shape) * 1e-3).astype(np.float32)
+    c = Comparison("x", atol=1e-2, rtol=1e-3)
+    c.add(got, ref, "case", batch_axis=1)
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    rows_g, rows_r = np.moveaxis(g, 1, 0).reshape(5, -1), np.moveaxis(r, 1, 0).reshape(5, -1)
+    cosines = (rows_g * rows_r).sum(1) / np.linalg.norm(rows_g, axis=1) / np.linalg.norm(rows_r, axis=1)
+    assert c.min_cosine == pytest.approx(cosines.min(), abs=1e-12)
+    assert c.rel_l2 == pytest.approx(np.linalg.norm(g - r) / np.linalg.norm(r), rel=1e-5)
+    assert c.max_abs == pytest.approx(np.abs(g - r).max(), rel=1e-5)
+    assert c.required_atol == pytest.approx((np.abs(g - r) - 1e-3 * np.abs(r)).max(), rel=1e-4)
+    assert c.max_rel == pytest.approx((np.abs(g - r) / np.maximum(np.abs(r), 1e-6)).max(), rel=1e-5)
+    assert c.passed and c.nonfinite == 0 and c.elements == ref.size
+    bad = got.copy()
+    bad[0, 0, 0, 0], bad[1, 2, 3, 4] = np.nan, np.inf
+    c.add(bad, ref, "bad")
+    assert not c.passed and c.nonfinite == 2 and c.worst_case == "bad: NaN or inf"
+    huge = np.full((2, 3), 3e38, np.float32)  # huge - (-huge) overflows float32; both are finite
+    c = Comparison("x", atol=None, rtol=0.0)
+    c.add(huge, -huge, "case")
+    assert c.nonfinite == 0 and c.min_cosine == pytest.approx(-1.0)
+
+
 @pytest.mark.parametrize("pooling,options", [("concat", {}), ("weighted", {"layer_start": 1})])
 def test_fp16_hidden_state_poolers_verify(pooling, options, tiny_models, tmp_path):
     export(str(tiny_models["bert"]), tmp_path / "e", pooling=pooling, precision="fp16", **options)

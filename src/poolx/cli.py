@@ -159,19 +159,22 @@ def export(
     PyTorch before anything is written."""
 
     from poolx.errors import UsageError
-    from poolx.exporter.export import export as run_export
-    from poolx.models.registry import parse_cli_options
+    from poolx.models.registry import get_spec, parse_cli_options
     from poolx.parity.texts import read_texts
 
     if triton is not None and triton.exists() and not force and (not triton.is_dir() or any(triton.iterdir())):
         raise UsageError(f"--triton {triton} exists; pass --force to replace it, or choose another directory")
+    if pooling is not None:
+        get_spec(pooling)  # an unknown name is one line before torch is imported (seconds), not after
+    options = parse_cli_options(pooler_options)
+    texts = read_texts(calibration, "--calibration", limit=None) if calibration else None
+    from poolx.exporter.export import export as run_export
+
     result = run_export(
         model, output, pooling=pooling, num_labels=num_labels,
         raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
         opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
-        precision=precision, optimize=optimize,
-        target=target, calibration=read_texts(calibration, "--calibration", limit=None) if calibration else None,
-        **parse_cli_options(pooler_options),
+        precision=precision, optimize=optimize, target=target, calibration=texts, **options,
     )
     m = result.manifest
     outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)

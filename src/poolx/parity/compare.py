@@ -84,21 +84,28 @@ class Comparison:
             return
         got = np.asarray(got, dtype=np.float32)
         ref = np.asarray(ref, dtype=np.float32)
-        finite = np.isfinite(got) & np.isfinite(ref)
-        if not finite.all():  # a failure in itself; compare the finite positions for the figures
-            self.nonfinite += int((~finite).sum())
-            self.worst_case = f"{case}: NaN or inf"
-            got, ref = np.where(finite, got, 0.0).astype(np.float32), np.where(finite, ref, 0.0).astype(np.float32)
-        diff = np.abs(got - ref)
+        with np.errstate(over="ignore", invalid="ignore"):  # an infinite difference is a figure, not a warning
+            diff = np.subtract(got, ref)
+            np.abs(diff, out=diff)
+            finite = np.isfinite(got) & np.isfinite(ref) if not np.isfinite(diff).all() else None
+            if finite is not None and not finite.all():  # NaN or inf in either array: a failure in itself
+                self.nonfinite += int((~finite).sum())
+                self.worst_case = f"{case}: NaN or inf"
+                got, ref = np.where(finite, got, 0.0).astype(np.float32), np.where(finite, ref, 0.0).astype(np.float32)
+                diff = np.abs(got - ref)  # the finite positions' figures
         scale = np.abs(ref)
-        required = float((diff - self.rtol * scale).max(initial=0.0))
+        # in place: verify compares raw outputs of hundreds of MB (attentions: layers x batch x heads x S x S)
+        bound = np.multiply(scale, self.rtol)
+        required = float(np.subtract(diff, bound, out=bound).max(initial=0.0))
+        del bound
         if (required > self.required_atol or not self.worst_case) and not (self.nonfinite or self.shape_mismatch):
             self.worst_case = case
         self.required_atol = max(self.required_atol, required)
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
-        self.max_rel = max(self.max_rel, float((diff / np.maximum(scale, 1e-6)).max(initial=0.0)))
+        np.maximum(scale, 1e-6, out=scale)
+        self.max_rel = max(self.max_rel, float(np.divide(diff, scale, out=scale).max(initial=0.0)))
         self.min_cosine = min(self.min_cosine, min_cosine(got, ref, batch_axis))
-        self.rel_l2 = max(self.rel_l2, relative_l2(got, ref))
+        self.rel_l2 = max(self.rel_l2, _ratio(_norm(diff), _norm(ref)))
         self.elements += got.size
 
     def to_json(self) -> dict[str, Any]:
@@ -115,12 +122,11 @@ def new_comparison(name: str, tolerance: Tolerance) -> Comparison:
 def row_cosines(got: np.ndarray, ref: np.ndarray, batch_axis: int = 0) -> np.ndarray:
     """The cosine between matching rows (one per text, over all other axes), accumulated in float64; two zero
     rows count as equal."""
-    rows = got.shape[batch_axis]
-    g = np.moveaxis(np.asarray(got), batch_axis, 0).reshape(rows, -1)
-    r = np.moveaxis(np.asarray(ref), batch_axis, 0).reshape(rows, -1)
-    dot = np.einsum("ij,ij->i", g, r, dtype=np.float64)
-    gn = np.sqrt(np.einsum("ij,ij->i", g, g, dtype=np.float64))
-    rn = np.sqrt(np.einsum("ij,ij->i", r, r, dtype=np.float64))
+    g, r = np.asarray(got), np.asarray(ref)
+    every, rows = list(range(g.ndim)), [batch_axis % max(g.ndim, 1)]  # summed over all axes but the batch axis, in
+    dot = np.einsum(g, every, r, every, rows, dtype=np.float64)  # place (no copy to bring it to the front)
+    gn = np.sqrt(np.einsum(g, every, g, every, rows, dtype=np.float64))
+    rn = np.sqrt(np.einsum(r, every, r, every, rows, dtype=np.float64))
     both_zero = (gn == 0) & (rn == 0)
     return np.where(both_zero, 1.0, dot / np.maximum(gn * rn, 1e-300))
 
@@ -131,8 +137,16 @@ def min_cosine(got: np.ndarray, ref: np.ndarray, batch_axis: int = 0) -> float:
 
 
 def relative_l2(got: np.ndarray, ref: np.ndarray) -> float:
-    """||got - ref|| / ||ref|| over the whole array, in float64 (inf when ref is zero and got is not)."""
-    ref64 = np.asarray(ref, dtype=np.float64)
-    ref_norm = float(np.sqrt(np.sum(ref64 ** 2)))
-    err_norm = float(np.sqrt(np.sum((np.asarray(got, dtype=np.float64) - ref64) ** 2)))
+    """||got - ref|| / ||ref|| over the whole array, summed in float64 (inf when ref is zero and got is not)."""
+    ref = np.asarray(ref, dtype=np.float32)
+    return _ratio(_norm(np.subtract(np.asarray(got, dtype=np.float32), ref)), _norm(ref))
+
+
+def _norm(x: np.ndarray) -> float:
+    """The L2 norm, squares summed in float64 without a float64 copy of `x`."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return float(np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64)))
+
+
+def _ratio(err_norm: float, ref_norm: float) -> float:
     return err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf"))
