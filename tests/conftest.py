@@ -30,8 +30,12 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermed
 # truncation) stay the same cases at a quarter of the attention cost.
 TINY_MAX_LENGTH = 128
 # Options the registry-wide tests pass where a pooler's defaults do not fit a 4-layer backbone
-# (wk's default layer_start 4 leaves one layer; it needs three).
-TINY_OPTIONS: dict[str, dict] = {"wk": {"layer_start": 1}}
+# (wk's default layer_start 4 leaves one layer; it needs three), or where the default is a narrow case (st: every
+# sentence-transformers mode at once).
+TINY_OPTIONS: dict[str, dict] = {
+    "wk": {"layer_start": 1},
+    "st": {"modes": ["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]},
+}
 
 
 def minilm_path() -> Path:

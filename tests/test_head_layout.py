@@ -13,7 +13,7 @@ import torch
 from poolx.errors import BrokenExportError, ModelLoadError
 from poolx.models import PooledEncoder, PoolingConfig
 from poolx.models.head import HEAD_WEIGHTS, LEGACY_MODEL_WEIGHTS, read_model_head
-from poolx.models.options import INT_LIST
+from poolx.models.options import INT_LIST, STR_LIST
 from poolx.models.registry import create_pooler, list_poolers, get_spec
 
 TEXTS = ["a", "The quick brown fox jumps over the lazy dog.", "Pooling heads"]
@@ -23,7 +23,9 @@ def _non_defaults(name: str) -> dict:
     """Every option of the pooler at a valid value other than its default (for a 12-layer backbone)."""
     out = {}
     for o in get_spec(name).options:
-        if o.choices is not None:
+        if o.type == STR_LIST:
+            out[o.name] = [c for c in o.choices if c not in o.default][::-1]
+        elif o.choices is not None:
             out[o.name] = next(c for c in o.choices if c != o.default)
         elif o.type == INT_LIST:
             out[o.name] = [2, -1]

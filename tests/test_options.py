@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from poolx.errors import UnknownPoolerError, UsageError
-from poolx.models.options import INT_LIST, L, LayerBound, Option, validate_options
+from poolx.models.options import INT_LIST, STR_LIST, L, LayerBound, Option, validate_options
 from poolx.models.registry import cli_flags, parse_cli_options
 from poolx.models.registry import PoolerSpec, add_spec, create_pooler, get_spec, list_poolers, pooler_specs
 
@@ -121,6 +121,8 @@ def test_cli_flags_one_per_option_name_with_merged_help():
 
 def _other_value(option: Option):
     """A valid value that is not the default, for a 12-layer backbone."""
+    if option.type == STR_LIST:
+        return [c for c in option.choices if c not in option.default][:2]
     if option.choices is not None:
         return next(c for c in option.choices if c != option.default)
     if option.type == INT_LIST:

@@ -144,8 +144,9 @@ def test_output_dims():
     dims = {name: create_pooler(name, width=10, num_layers=6).output_dim for name in list_poolers()}
     assert dims == {
         "pooler": 10, "cls": 10, "mean": 10, "max": 10, "mean-max": 20, "conv1d": 1, "layer-cls": 10,
-        "concat": 40, "weighted": 10, "lstm": 256, "attention": 128, "wk": 10,
+        "concat": 40, "weighted": 10, "lstm": 256, "attention": 128, "wk": 10, "last": 10, "st": 10,
     }
+    assert create_pooler("st", width=10, num_layers=6, modes=["cls", "max", "lasttoken"]).output_dim == 30
 
 
 @pytest.mark.parametrize("pooling", list_poolers())

@@ -45,7 +45,8 @@ class BackboneAdapter:
     - `optimizer_model_type`: the `model_type` for onnxruntime.transformers.optimizer (this onnxruntime's
       MODEL_TYPES has no roberta/deberta/distilbert/mpnet entry; "bert" is the encoder optimizer for all);
     - `fusions`: the fused ops `poolx.exporter.fuse.fuse` produces on poolx's fp32 TorchScript graph of this
-      family (with attention fusion on), as op -> (per layer, constant); None: not pinned (GENERIC).
+      family (with attention fusion on), as op -> (per layer, constant); None: not pinned (GENERIC);
+    - `causal`: a decoder family, each token attending to earlier ones only (first-token poolers are refused).
     """
 
     family: str
@@ -56,10 +57,15 @@ class BackboneAdapter:
     padding_side: str = "right"
     optimizer_model_type: str = "bert"
     fusions: Fusions | None = field(default=None, hash=False)
+    causal: bool = False
 
     @property
     def is_generic(self) -> bool:
         return not self.model_types
+
+    def is_causal(self, config: Any) -> bool:
+        """Whether the backbone is a decoder: its first position sees only itself, its last sees the whole text."""
+        return self.causal or bool(getattr(config, "is_decoder", False))
 
     # ---- inputs ------------------------------------------------------------------------------------------------
     def uses_token_type_ids(self, config: Any, model: Any = None) -> bool:

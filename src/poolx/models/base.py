@@ -37,6 +37,9 @@ class Pooler(nn.Module):
     reads: ClassVar[str] = "last_hidden_state"  # what it reads, for `poolx poolers`
     needs_hidden_states: ClassVar[bool] = False
     needs_pooler_output: ClassVar[bool] = False
+    # Whether its vector depends on a first-token ([CLS]) position. On a causal (decoder) backbone that position
+    # attends to itself only, so every text gets the same vector: PooledEncoder refuses such a pairing.
+    reads_first_token: ClassVar[bool] = False
 
     def __init__(self, width: int, num_layers: int, **options: Any) -> None:
         super().__init__()

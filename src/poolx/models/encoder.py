@@ -44,6 +44,12 @@ class PooledEncoder(nn.Module):
                 else "has no pooler head"
             )
             raise UsageError(f"pooler 'pooler' cannot be used: this {type(backbone).__name__} {why}; use one of: {others}")
+        if pooler.reads_first_token and adapter.is_causal(backbone.config):
+            raise UsageError(
+                f"pooler {pooler.name!r} reads the first token, which on a causal backbone "
+                f"({type(backbone).__name__}) has seen only itself: every text would get the same vector; use "
+                "'last' (the last real token, what decoder embedding models pool) or 'mean'"
+            )
         if num_labels is not None and (isinstance(num_labels, bool) or int(num_labels) < 1):
             raise UsageError(f"num_labels must be a positive integer, got {num_labels!r}")
         self.backbone = backbone

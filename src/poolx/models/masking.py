@@ -26,3 +26,13 @@ def masked_max(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
 def first_token(x: torch.Tensor) -> torch.Tensor:
     """(B, S, D) -> (B, D): the first position ([CLS] / <s>; poolx tokenizes with right padding)."""
     return x[:, 0]
+
+
+def last_token(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, D) -> (B, D): each row's last real token (the largest position whose mask is 1), so the same with
+    right or left padding; an all-pad row gives zeros. sentence-transformers' `lasttoken`."""
+    mask = attention_mask.to(torch.int32)
+    positions = torch.arange(x.shape[1], device=x.device, dtype=torch.int32).unsqueeze(0)
+    last = (positions * mask).amax(dim=1).to(torch.int64)  # int32 arithmetic: onnxruntime's int64 ArgMax is slow
+    picked = x.gather(1, last.view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)
+    return picked * mask.amax(dim=1, keepdim=True).to(x.dtype)

@@ -18,7 +18,9 @@ from typing import Any, Sequence, Union
 from poolx.errors import UsageError
 
 INT_LIST = "int_list"  # the type of an option that takes a list of ints (the CLI reads it comma-separated)
-TYPES: dict[Any, str] = {int: "int", float: "float", str: "str", INT_LIST: "int_list"}
+STR_LIST = "str_list"  # a list of strings, each one of the option's choices (comma-separated on the CLI)
+LIST_TYPES = (INT_LIST, STR_LIST)
+TYPES: dict[Any, str] = {int: "int", float: "float", str: "str", INT_LIST: "int_list", STR_LIST: "str_list"}
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,9 @@ def _number(x: float) -> str:
 @dataclass(frozen=True)
 class Option:
     """One pooler option: its name (a Python identifier; the flag is `--name-with-dashes`), its type (int, float,
-    str or INT_LIST), its default, a short help text, and what values are valid: `choices`, and inclusive bounds
-    `min`/`max` (numbers, or `L` expressions for hidden_states indices), `max_exclusive` for a half-open range.
-    For INT_LIST the bounds hold for every entry and the list must not be empty."""
+    str, INT_LIST or STR_LIST), its default, a short help text, and what values are valid: `choices`, and inclusive
+    bounds `min`/`max` (numbers, or `L` expressions for hidden_states indices), `max_exclusive` for a half-open
+    range. For the list types the bounds and choices hold for every entry and the list must not be empty."""
 
     name: str
     type: Any
@@ -85,8 +87,8 @@ class Option:
         if not self.name.isidentifier():
             raise ValueError(f"option name {self.name!r} must be a Python identifier (the flag is --{self.name})")
         if self.type not in TYPES:
-            raise ValueError(f"option {self.name!r}: type must be int, float, str or INT_LIST, got {self.type!r}")
-        if self.type == INT_LIST and self.default is not None:
+            raise ValueError(f"option {self.name!r}: type must be int, float, str, INT_LIST or STR_LIST, got {self.type!r}")
+        if self.type in LIST_TYPES and self.default is not None:
             object.__setattr__(self, "default", tuple(self.default))
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(self.choices))
@@ -105,7 +107,7 @@ class Option:
     @property
     def cli_type(self) -> type:
         """What Typer parses the flag as: int, float or str (a list arrives as a comma-separated str)."""
-        return str if self.type == INT_LIST else self.type
+        return str if self.type in LIST_TYPES else self.type
 
     @property
     def layer_dependent(self) -> bool:
@@ -113,7 +115,7 @@ class Option:
 
     # ---- descriptions ------------------------------------------------------------------------------------------
     def default_text(self) -> str:
-        if self.type == INT_LIST:
+        if self.type in LIST_TYPES:
             return ",".join(str(v) for v in self.default)
         return _number(self.default) if isinstance(self.default, (int, float)) else str(self.default)
 
@@ -142,6 +144,8 @@ class Option:
 
     def expects(self) -> str:
         """What a valid value is, as a noun phrase for error messages."""
+        if self.type == STR_LIST:
+            return "a non-empty list of " + ", ".join(repr(c) for c in self.choices or ()) + " (comma-separated)"
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.type is str:
@@ -157,7 +161,7 @@ class Option:
 
     def describe(self) -> str:
         """One help line: what it is, its valid values and its default."""
-        rng = "" if self.type is str and self.choices is None else f"{self.range_text()}, "
+        rng = "" if self.type in (str, STR_LIST) and self.choices is None else f"{self.range_text()}, "
         return f"{self.help} ({rng}default {self.default_text()})"
 
     # ---- parsing and validation --------------------------------------------------------------------------------
@@ -168,6 +172,8 @@ class Option:
             return None
         if self.type == INT_LIST:
             return parse_int_list(text, self.flag) if isinstance(text, str) else text
+        if self.type == STR_LIST:
+            return [v.strip() for v in text.split(",") if v.strip()] if isinstance(text, str) else text
         if isinstance(text, str) and self.type is not str:
             try:
                 return self.type(text)
@@ -182,6 +188,12 @@ class Option:
             if isinstance(value, (str, bytes, int, float)) or not isinstance(value, Sequence) or len(value) == 0:
                 raise UsageError(f"{self.name} must be {self.expects()}, got {value!r}")
             return [self._check_int(v, num_layers, f"{self.name} entry") for v in value]
+        if self.type == STR_LIST:
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0 or any(
+                not isinstance(v, str) or (self.choices is not None and v not in self.choices) for v in value
+            ):
+                raise UsageError(f"{self.name} must be {self.expects()}, got {value!r}")
+            return list(value)
         if self.type is int:
             return self._check_int(value, num_layers, self.name)
         if self.type is float:
@@ -238,7 +250,7 @@ def validate_options(
     values = {}
     for option in declared:
         value = given.get(option.name, option.default)
-        values[option.name] = option.validate(list(value) if option.type == INT_LIST else value, num_layers)
+        values[option.name] = option.validate(list(value) if option.type in LIST_TYPES else value, num_layers)
     return values
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from poolx.errors import UnknownPoolerError
-from poolx.models.options import INT_LIST, Option, L, validate_options
+from poolx.models.options import INT_LIST, LIST_TYPES, STR_LIST, Option, L, validate_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from poolx.models.base import Pooler
 
 READS = ("last_hidden_state", "hidden_states", "pooler_output")
+ST_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")  # sentence-transformers' order
 WIDTHS = ("D", "2·D", "k·D")  # or the name of the option that sets the width
 
 
@@ -29,7 +30,7 @@ class PoolerSpec:
     - `target`: the class, as "module:Class" (imported when the pooler is first built) or the class itself;
     - `options`: its options, declared once (see poolx.models.options);
     - `reads`: last_hidden_state, hidden_states or pooler_output (what the backbone must hand it);
-    - `width`: its output width: "D", "2·D", "k·D" (k = len(layers)), or the name of the option that sets it;
+    - `width`: its output width: "D", "2·D", "k·D" (k = the length of its list option), or the name of the option that sets it;
     - `notebook`: the name of its counterpart in the Kaggle notebook's code (kept in tests/notebook_reference.py
       and tests/wk_reference.py), which tests/test_notebook_parity.py compares it with; or `poolx_only=True`.
     """
@@ -53,8 +54,8 @@ class PoolerSpec:
             raise ValueError(
                 f"pooler {self.name!r}: width must be one of {', '.join(WIDTHS)} or one of its options, got {self.width!r}"
             )
-        if self.width == "k·D" and not any(o.type == INT_LIST for o in self.options):
-            raise ValueError(f"pooler {self.name!r}: width k·D needs a list option (k = its length)")
+        if self.width == "k·D" and [o.type in LIST_TYPES for o in self.options].count(True) != 1:
+            raise ValueError(f"pooler {self.name!r}: width k·D needs exactly one list option (k = its length)")
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -71,7 +72,7 @@ class PoolerSpec:
         raise KeyError(name)
 
     def defaults(self) -> dict[str, Any]:
-        return {o.name: list(o.default) if o.type == INT_LIST else o.default for o in self.options}
+        return {o.name: list(o.default) if o.type in LIST_TYPES else o.default for o in self.options}
 
     def validate(self, options: dict[str, Any], num_layers: int | None = None) -> dict[str, Any]:
         """Every option's value (defaults filled in), validated for a backbone of `num_layers` layers (None:
@@ -86,7 +87,7 @@ class PoolerSpec:
         if self.width == "2·D":
             return 2 * width
         if self.width == "k·D":
-            (listed,) = [o.name for o in self.options if o.type == INT_LIST]
+            (listed,) = [o.name for o in self.options if o.type in LIST_TYPES]
             return len(options[listed]) * width
         return int(options[self.width])
 
@@ -133,6 +134,12 @@ BUILTIN: tuple[PoolerSpec, ...] = (
     PoolerSpec("mean", f"{_POOLERS}.tokens:MeanPooler", notebook="mean_pooling"),
     PoolerSpec("max", f"{_POOLERS}.tokens:MaxPooler", notebook="max_pooling"),
     PoolerSpec("mean-max", f"{_POOLERS}.tokens:MeanMaxPooler", width="2·D", notebook="mean_max_pooling"),
+    PoolerSpec("last", f"{_POOLERS}.tokens:LastTokenPooler", poolx_only=True),
+    PoolerSpec(
+        "st", f"{_POOLERS}.tokens:SentenceTransformersPooler", width="k·D", poolx_only=True,
+        options=(Option("modes", STR_LIST, ("mean",), "sentence-transformers Pooling modes, concatenated in this "
+                        "order", choices=ST_MODES),),
+    ),
     PoolerSpec(
         "conv1d", f"{_POOLERS}.conv:Conv1dPooler", width="out_channels", notebook="conv1d_pooling",
         options=(
@@ -373,7 +380,7 @@ def cli_flags() -> list[CliFlag]:
             groups.setdefault(option.describe(), []).append(pooler)
         text = "; ".join(f"{', '.join(poolers)}: {line}" for line, poolers in groups.items())
         first = entries[0][1]
-        metavar = "INT,INT,..." if first.type == INT_LIST else None
+        metavar = {INT_LIST: "INT,INT,...", STR_LIST: "NAME,NAME,..."}.get(first.type)
         flags.append(CliFlag(name, first.flag, first.cli_type, text + ".", tuple(entries), metavar))
     return flags
 

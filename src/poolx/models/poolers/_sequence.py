@@ -22,6 +22,7 @@ class LayerSequencePooler(Pooler):
 
     hidden_size: int
     dropout: float
+    reads_first_token = True
 
     def build(self) -> None:
         self.drop = nn.Dropout(self.dropout)

@@ -15,6 +15,7 @@ class LayerClsPooler(Pooler):
     13-entry stack, which is the last layer; poolx follows the stated intent, and `layer=-1` gives what the code
     computes."""
 
+    reads_first_token = True
     layer: int
 
     def build(self) -> None:
@@ -28,6 +29,7 @@ class LayerClsPooler(Pooler):
 class ConcatPooler(Pooler):
     """concat of `HS[i][:, 0]` for i in `layers` (default -1, -2, -3, -4): width len(layers)·D."""
 
+    reads_first_token = True
     layers: list[int]
 
     def build(self) -> None:
@@ -45,6 +47,10 @@ class WeightedLayerPooler(Pooler):
 
     layer_start: int
     token: str
+
+    @property
+    def reads_first_token(self) -> bool:  # type: ignore[override]
+        return self.token == "cls"
 
     def build(self) -> None:
         self.layer_weights = nn.Parameter(torch.ones(self.num_layers + 1 - self.layer_start))
