@@ -153,6 +153,9 @@ def export(
     triton: Annotated[Optional[Path], typer.Option(
         help="Also write a Triton model repository here (same as `poolx triton OUTPUT REPO` afterwards).",
         show_default=False)] = None,
+    normalize: Annotated[bool, typer.Option(
+        "--normalize", help="L2-normalize the embedding inside the graph (a sentence-transformers directory whose "
+        "pipeline ends in Normalize has it already).")] = False,
     **pooler_options: Any,
 ) -> None:
     """Export MODEL with a pooler as one ONNX graph, with its tokenizer and a manifest, checked against eager
@@ -174,8 +177,10 @@ def export(
         model, output, pooling=pooling, num_labels=num_labels,
         raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
         opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
-        precision=precision, optimize=optimize, target=target, calibration=texts, **options,
+        precision=precision, optimize=optimize, target=target, calibration=texts, normalize=normalize, **options,
     )
+    for note in result.notes:
+        _stderr().print(f"note: {note}", markup=False)
     m = result.manifest
     outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)
     typer.echo(
@@ -303,7 +308,12 @@ def embed(
     id_column: Annotated[Optional[str], typer.Option(help="A column of unique ids to carry into .parquet/.jsonl output.")] = None,
     provider: Annotated[str, typer.Option(help="auto (CUDA if available, else CPU), cpu, cuda or tensorrt.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Texts per batch (batches are sorted by length).")] = 32,
-    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalize each embedding.")] = False,
+    normalize: Annotated[bool, typer.Option(
+        "--normalize", help="L2-normalize each embedding (an export made with --normalize, or from a "
+        "sentence-transformers pipeline ending in Normalize, gives unit vectors already).")] = False,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", help="The export's prompt to prepend to each text, by name (a sentence-transformers model's "
+        "prompts, e.g. query); default: its default prompt, if it has one.", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
     dims: Annotated[int, typer.Option(help="Printed texts: how many leading dimensions to show.")] = 6,
@@ -343,7 +353,7 @@ def embed(
         rows = run_file_job(
             directory, input, output, column=column, id_column=id_column,
             provider=provider, address=address, actors=actors,
-            threads=threads or 1, normalize=normalize, force=force,
+            threads=threads or 1, normalize=normalize, force=force, prompt_name=prompt,
         )
         typer.echo(f"wrote {rows} embeddings to {output}")
         return
@@ -355,12 +365,13 @@ def embed(
     from poolx.runtime.embedder import Embedder
 
     embedder = Embedder(directory, provider, threads=threads)
+    embedder.prompt(prompt)  # an unknown prompt name is one line before any work
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the truncation note is printed once below
         if output:
-            _embed_file(embedder, reader, output, batch_size, normalize, force)
+            _embed_file(embedder, reader, output, batch_size, normalize, force, prompt)
         else:
-            vectors = embedder.embed(texts, batch_size=batch_size, normalize=normalize)
+            vectors = embedder.embed(texts, batch_size=batch_size, normalize=normalize, prompt_name=prompt)
             for text, vec in zip(texts, vectors):
                 head = " ".join(f"{v:+.4f}" for v in vec[:dims])
                 typer.echo(f"{text[:40]!r:44} [{head}{' ...' if len(vec) > dims else ''}] (dim {len(vec)})")
@@ -371,7 +382,9 @@ def embed(
         )
 
 
-def _embed_file(embedder: Any, reader: Any, output: Path, batch_size: int, normalize: bool, force: bool) -> None:
+def _embed_file(
+    embedder: Any, reader: Any, output: Path, batch_size: int, normalize: bool, force: bool, prompt: Optional[str],
+) -> None:
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -394,7 +407,7 @@ def _embed_file(embedder: Any, reader: Any, output: Path, batch_size: int, norma
 
         try:
             result = embed_file(embedder, reader, output, batch_size=batch_size, normalize=normalize, force=force,
-                                progress=advance)
+                                progress=advance, prompt_name=prompt)
         except BaseException:  # bad input further in the file: the error alone, not a half-filled bar
             bar.update(task, visible=False)
             raise

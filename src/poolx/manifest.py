@@ -35,18 +35,20 @@ def checksum_tree(root: Path) -> dict[str, str]:
 
 
 def source_weights(path: Path) -> dict[str, str]:
-    """sha256 of the weight files of a model directory, so verify knows it rebuilds from the same weights."""
-    names = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
-    return {p.name: sha256_file(p) for p in names}
+    """sha256 of the weight files of a model directory and of its direct subdirectories (a sentence-transformers
+    directory keeps its Dense weights in 2_Dense/), so verify knows it rebuilds from the same weights."""
+    names = sorted(p for pattern in ("*", "*/*") for p in path.glob(pattern)
+                   if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    return {p.relative_to(path).as_posix(): sha256_file(p) for p in names}
 
 
 @dataclass
 class Manifest:
     source: dict[str, Any]  # name, path, model_type, architecture, width, num_layers, weights sha256
-    pooling: dict[str, Any]  # name, options, output_dim, num_labels
+    pooling: dict[str, Any]  # name, options, output_dim, num_labels, dense, normalize
     graph: dict[str, Any]  # file, opset, exporter, external_data (file name or None), fusions, quantization
     io: IOSpec
-    tokenizer: dict[str, Any]  # max_length, pad_token, pad_token_id, padding_side, files
+    tokenizer: dict[str, Any]  # max_length, pad_token, pad_token_id, padding_side[, prompts, default_prompt_name]
     versions: dict[str, str]
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -60,6 +62,28 @@ class Manifest:
     @property
     def max_length(self) -> int:
         return int(self.tokenizer["max_length"])
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The sentence-transformers prompts recorded at export (name -> text prepended to each text)."""
+        return dict(self.tokenizer.get("prompts") or {})
+
+    def prompt(self, name: str | None = None) -> str:
+        """Prompt `name`'s text, or by default the default prompt's ("" when there is none), as
+        `SentenceTransformer.encode` applies them. An unknown name is a UsageError naming the prompts there are."""
+        from poolx.errors import UsageError
+
+        prompts = self.prompts
+        if name is None:
+            return prompts.get(self.tokenizer.get("default_prompt_name") or "", "")
+        if name not in prompts:
+            raise UsageError(f"unknown prompt {name!r}; this export's prompts: {', '.join(prompts) or 'none'}")
+        return prompts[name]
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the graph L2-normalizes its embedding (a pipeline's Normalize, or --normalize)."""
+        return bool(self.pooling.get("normalize", False))
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -54,7 +54,7 @@ class _EmbedBatches:
     """The Ray Data actor: one Embedder, loaded in the constructor, called on Arrow batches."""
 
     def __init__(self, bundle: list, provider: str, threads: int, column: str, output_column: str,
-                 normalize: bool, batch_size: int) -> None:
+                 normalize: bool, batch_size: int, prompt_name: Optional[str] = None) -> None:
         import ray
 
         from poolx.runtime.embedder import Embedder
@@ -66,7 +66,7 @@ class _EmbedBatches:
             path.write_bytes(data)
         self.embedder = Embedder(self.directory, provider, threads=threads)  # checks every file's sha256
         self.column, self.output_column = column, output_column
-        self.normalize, self.batch_size = normalize, batch_size
+        self.normalize, self.batch_size, self.prompt_name = normalize, batch_size, prompt_name
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
@@ -75,7 +75,8 @@ class _EmbedBatches:
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise UsageError(f"column {self.column!r} holds a {type(texts[bad]).__name__} (not a text) in a row")
-        vectors = self.embedder.embed(texts, batch_size=self.batch_size, normalize=self.normalize)
+        vectors = self.embedder.embed(texts, batch_size=self.batch_size, normalize=self.normalize,
+                                      prompt_name=self.prompt_name)
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
         return table.append_column(self.output_column, column)
@@ -87,7 +88,7 @@ class _EmbedBatches:
 def embed_dataset(
     ds: Any, directory: str | os.PathLike[str], *, column: str = "text", output_column: str = "embedding",
     provider: str = "auto", actors: Optional[int] = None, threads: int = 1, batch_size: int = 1024,
-    normalize: bool = False,
+    normalize: bool = False, prompt_name: Optional[str] = None,
 ) -> Any:
     """`ds` (a Ray Dataset with a string column `column`) with `output_column` added: a fixed_size_list<float32>
     of the export's width per row. Lazy, like every Ray Data transform: it runs when consumed or written.
@@ -96,12 +97,14 @@ def embed_dataset(
     graph, else CPU), cpu, cuda or tensorrt (checked against the graph's variant, as the Embedder does).
     actors: embedding actors (default: as many as the cluster's GPUs on CUDA/TensorRT, else its CPUs / threads).
     threads: onnxruntime CPU threads per actor (and the CPUs it asks Ray for). batch_size: rows per Ray batch (the
-    Embedder sorts them by length and runs them in model batches of 32)."""
+    Embedder sorts them by length and runs them in model batches of 32). prompt_name: the export's prompt to
+    prepend (default: its default prompt, as the Embedder)."""
     ray = import_ray()
     if threads < 1 or batch_size < 1 or (actors is not None and actors < 1):
         raise UsageError("actors, threads and batch_size must be at least 1")
     manifest = Manifest.read(directory)
     manifest.check_files(Path(directory))
+    manifest.prompt(prompt_name)  # an unknown prompt is refused before the cluster works
     names = ds.schema().names
     if column not in names:
         raise UsageError(f"the dataset has no column {column!r}; its columns are: {', '.join(names)} (use --column)")
@@ -126,7 +129,7 @@ def embed_dataset(
         _EmbedBatches, batch_format="pyarrow", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs=dict(
             bundle=bundle, provider=chosen.name, threads=threads, column=column, output_column=output_column,
-            normalize=normalize, batch_size=32,
+            normalize=normalize, batch_size=32, prompt_name=prompt_name,
         ),
         **resources,  # Ray Data's actor pools restart dead actors and retry their batches (max_restarts and
         # max_task_retries default to -1 there; tests/test_ray.py kills an actor mid-run to hold it to that)
@@ -165,7 +168,7 @@ def connect(address: Optional[str]) -> Any:
 def run_file_job(
     directory: Path, input_path: Path, output: Path, *, column: str = "text", id_column: Optional[str] = None,
     provider: str = "auto", address: Optional[str] = None, actors: Optional[int] = None, threads: int = 1,
-    normalize: bool = False, force: bool = False,
+    normalize: bool = False, force: bool = False, prompt_name: Optional[str] = None,
 ) -> int:
     """`poolx embed --engine ray`: `poolx embed`'s input and output files (see poolx.corpus), embedded by Ray Data
     actors. The input is read by poolx.corpus's reader in one read task on the driver's node (row for row: blank
@@ -185,7 +188,7 @@ def run_file_job(
     context.execution_options.preserve_order = id_column is None  # no ids: row i of the output is row i of the input
     ds = ray.data.read_datasource(_corpus_datasource(input_path, column, id_column, schema))
     ds = embed_dataset(ds, directory, column="text", provider=provider, actors=actors, threads=threads,
-                       normalize=normalize)
+                       normalize=normalize, prompt_name=prompt_name)
     return _write_output(ds, output, width, id_column is not None, force)
 
 

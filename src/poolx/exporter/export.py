@@ -31,6 +31,7 @@ class ExportResult:
     manifest: Manifest
     seconds: float
     untrained: bool  # the pooler/head has learned parameters that were freshly initialised
+    notes: list[str]  # what the user should know about how the model was read (e.g. a replaced pooling step)
 
 
 def library_versions() -> dict[str, str]:
@@ -69,13 +70,15 @@ def export(
     target: str | None = None,
     variant: Variant | None = None,
     calibration: Sequence[str] | None = None,
+    normalize: bool = False,
     **options: Any,
 ) -> ExportResult:
     """Export `model` (None: the packaged all-MiniLM-L6-v2; a Hugging Face or poolx directory; a cached hub id)
     with a pooler into the directory `output`: the fp32 graph, or a fused, fp16 (CUDA) or int8 (CPU) variant of
     it, given as `variant` or as `precision`/`optimize`/`target` (`Variant.resolve`); int8 calibrates on
-    `calibration` texts (default the built-in ones). Raises a PoolxError subclass on any failure, leaving no
-    output."""
+    `calibration` texts (default the built-in ones). A sentence-transformers directory is exported with its
+    pipeline (Pooling, Dense, Normalize; `pooling` replaces its Pooling step) and its prompts; `normalize` adds L2
+    normalization to the graph of any model. Raises a PoolxError subclass on any failure, leaving no output."""
     start = time.perf_counter()
     output = _check_output(Path(output), force)
     if variant is None:
@@ -93,7 +96,14 @@ def export(
     source = resolve_source(model)
     _check_not_source(output, source)
     tokenizer = load_tokenizer(source)
-    encoder = PooledEncoder.from_pretrained(source, pooling, num_labels, seed=seed, **options).eval()
+    encoder = PooledEncoder.from_pretrained(source, pooling, num_labels, seed=seed, normalize=normalize, **options).eval()
+    pipeline = encoder.st_pipeline
+    notes = []
+    if pipeline is not None and encoder.pooling_replaced:
+        notes.append(
+            f"--pooling {encoder.pooler.name} replaces the directory's sentence-transformers Pooling "
+            f"({'+'.join(pipeline.modes)}); its other steps are kept: {pipeline.describe()}"
+        )
     spec = io_spec(encoder, raw_outputs)
     limit = encoder.position_limit
     if max_length is None:
@@ -108,6 +118,7 @@ def export(
         from poolx.models.head import save_head
 
         head = save_head(tmp, encoder)  # pooler.safetensors + the pooling object a model's poolx.json holds
+        prompts = {"prompts": pipeline.prompts, "default_prompt_name": pipeline.default_prompt_name} if pipeline else {}
         manifest = Manifest(
             source=_describe_source(source, encoder),
             pooling={**head, "seed": seed},
@@ -117,7 +128,7 @@ def export(
             tokenizer={
                 "max_length": max_length, "pad_token": tokenizer.pad_token,
                 "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-                "padding_side": encoder.adapter.padding_side,
+                "padding_side": encoder.adapter.padding_side, **prompts,
             },
             versions=library_versions(),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -133,8 +144,8 @@ def export(
         quick_check(tmp, encoder, manifest)  # the exporter's own parity gate: nothing is moved into place without it
         manifest.files = checksum_tree(tmp)
         manifest.write(tmp)
-    untrained = head["weights"] is not None and not source.is_poolx
-    return ExportResult(output, manifest, time.perf_counter() - start, untrained)
+    untrained = not source.is_poolx and (encoder.pooler.has_parameters or encoder.head is not None)
+    return ExportResult(output, manifest, time.perf_counter() - start, untrained, notes)
 
 
 def build_variant(
@@ -219,4 +230,7 @@ def _describe_source(source: ModelSource, encoder: PooledEncoder) -> dict[str, A
         "width": encoder.width,
         "num_layers": encoder.num_layers,
         "weights_sha256": source_weights(source.path),
+        **({"sentence_transformers": {
+            "pipeline": encoder.st_pipeline.describe(), "pooling_replaced": encoder.pooling_replaced,
+        }} if encoder.st_pipeline is not None else {}),
     }

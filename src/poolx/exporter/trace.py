@@ -50,7 +50,7 @@ def io_spec(encoder: PooledEncoder, raw_outputs: Sequence[str] = ()) -> IOSpec:
     config = encoder.backbone.config
     return IOSpec.build(
         width=encoder.width, num_layers=encoder.num_layers, num_heads=int(config.num_attention_heads),
-        output_dim=encoder.pooler.output_dim, num_labels=encoder.num_labels,
+        output_dim=encoder.output_dim, num_labels=encoder.num_labels,
         token_type_ids=encoder.uses_token_type_ids,
         raw_outputs=[r for r in RAW_OUTPUTS if r in raw_outputs],  # canonical order, no duplicates
     )

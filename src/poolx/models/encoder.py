@@ -16,6 +16,8 @@ from poolx.models.base import BackboneFeatures, Pooler
 from poolx.models.head import PoolingConfig, load_state, read_model_head, read_pooling, write_model_head
 from poolx.models.loading import POOLX_CONFIG, ModelSource, load_backbone, missing_keys, resolve_source
 from poolx.models.registry import create_pooler, get_spec, list_poolers
+from poolx.models.st_pipeline import DenseStep, StPipeline, read_pipeline
+from poolx.models.tail import EmbeddingTail
 
 RAW_OUTPUTS = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
 
@@ -32,7 +34,9 @@ class PooledEncoder(nn.Module):
     Build it from a model name or directory with `PooledEncoder.from_pretrained(...)`, fine-tune it in your own
     loop, `save_pretrained(dir)`, then `poolx export dir`."""
 
-    def __init__(self, backbone: nn.Module, pooler: Pooler, num_labels: int | None = None) -> None:
+    def __init__(
+        self, backbone: nn.Module, pooler: Pooler, num_labels: int | None = None, tail: EmbeddingTail | None = None,
+    ) -> None:
         super().__init__()
         adapter = adapter_for(backbone.config)
         pooler_head = adapter.has_pooler_head(backbone, missing_keys(backbone))
@@ -52,10 +56,19 @@ class PooledEncoder(nn.Module):
             )
         if num_labels is not None and (isinstance(num_labels, bool) or int(num_labels) < 1):
             raise UsageError(f"num_labels must be a positive integer, got {num_labels!r}")
+        if tail is not None and tail.steps and tail.steps[0].in_features != pooler.output_dim:
+            raise UsageError(
+                f"the pipeline's Dense step takes {tail.steps[0].in_features} features but the {pooler.name!r} "
+                f"pooler gives {pooler.output_dim}; choose a pooler of that width or export without the Dense step"
+            )
         self.backbone = backbone
         self.pooler = pooler
+        self.tail = tail if tail is not None and (tail.steps or tail.normalize) else None
         self.num_labels = None if num_labels is None else int(num_labels)
-        self.head = nn.Linear(pooler.output_dim, self.num_labels) if self.num_labels else None
+        self.head = nn.Linear(self.output_dim, self.num_labels) if self.num_labels else None
+        # the sentence-transformers pipeline this encoder reproduces, and whether --pooling replaced its Pooling
+        self.st_pipeline: StPipeline | None = None
+        self.pooling_replaced = False
         self.adapter: BackboneAdapter = adapter  # the backbone's family (poolx.models.backbones)
         self.has_pooler_head = pooler_head
         self.input_names = adapter.input_names(backbone.config, backbone)
@@ -66,10 +79,12 @@ class PooledEncoder(nn.Module):
     @classmethod
     def from_backbone(
         cls, backbone: nn.Module, pooling: str = "mean", num_labels: int | None = None, seed: int | None = 0,
-        **options: Any,
+        dense: tuple[DenseStep, ...] = (), normalize: bool = False, **options: Any,
     ) -> "PooledEncoder":
         """Wrap a loaded transformers model. Learned pooler and head parameters are initialised from `seed`
-        (None: from torch's global generator) so an export of an untrained pooler is reproducible."""
+        (None: from torch's global generator) so an export of an untrained pooler is reproducible. `dense` and
+        `normalize` are the embedding tail (poolx.models.tail); Dense steps read from a sentence-transformers
+        directory load their weights from it."""
         config = backbone.config
         with torch.random.fork_rng(enabled=seed is not None):
             if seed is not None:
@@ -77,20 +92,34 @@ class PooledEncoder(nn.Module):
             pooler = create_pooler(
                 pooling, width=int(config.hidden_size), num_layers=int(config.num_hidden_layers), **options
             )
-            return cls(backbone, pooler, num_labels)
+            tail = EmbeddingTail(dense, normalize)
+            tail.load_source_weights()
+            return cls(backbone, pooler, num_labels, tail)
 
     @classmethod
     def from_pretrained(
         cls, model: str | os.PathLike[str] | ModelSource | None = None, pooling: str | None = None,
-        num_labels: int | None = None, seed: int | None = 0, **options: Any,
+        num_labels: int | None = None, seed: int | None = 0, normalize: bool = False, **options: Any,
     ) -> "PooledEncoder":
         """Load a poolx model directory (with its trained pooler and head), or a Hugging Face model (local
-        directory, hub id in the local cache, or None for the packaged all-MiniLM-L6-v2) plus a new pooler."""
+        directory, hub id in the local cache, or None for the packaged all-MiniLM-L6-v2) plus a new pooler. A
+        sentence-transformers directory brings its pipeline (poolx.models.st_pipeline): its Pooling modes as the
+        `st` pooler unless `pooling` replaces them, its Dense steps and Normalize. `normalize` adds L2
+        normalization to any model."""
         options = {k: v for k, v in options.items() if v is not None}  # unset CLI flags arrive as None
         source = model if isinstance(model, ModelSource) else resolve_source(model)
+        pipeline = None if source.is_poolx else read_pipeline(source.path)  # refusals before the weights load
         backbone = load_backbone(source)
+        if pipeline is not None:
+            if pooling is None:
+                pooling, options = "st", {**options, "modes": list(pipeline.modes)}
+            encoder = cls.from_backbone(
+                backbone, pooling, num_labels, seed, pipeline.dense, pipeline.normalize or normalize, **options,
+            )
+            encoder.st_pipeline, encoder.pooling_replaced = pipeline, pooling != "st" or options.get("modes") != list(pipeline.modes)
+            return encoder
         if not source.is_poolx:
-            return cls.from_backbone(backbone, pooling or "mean", num_labels, seed, **options)
+            return cls.from_backbone(backbone, pooling or "mean", num_labels, seed, normalize=normalize, **options)
         config, weights = read_model_head(source.path)
         if pooling is not None and pooling != config.name:
             raise UsageError(
@@ -101,6 +130,8 @@ class PooledEncoder(nn.Module):
                 f"{source.path} holds a trained pooler and head; its options come from {POOLX_CONFIG}, "
                 "drop the pooler and head options"
             )
+        if normalize and not config.normalize:
+            config = PoolingConfig(config.name, config.options, config.num_labels, None, config.dense, True)
         return cls._from_saved_head(backbone, config, weights, ModelLoadError, "re-save the model")
 
     @classmethod
@@ -119,12 +150,14 @@ class PooledEncoder(nn.Module):
         cls, backbone: nn.Module, config: PoolingConfig, weights: Path | None, error: type[PoolxError], fix: str,
     ) -> "PooledEncoder":
         try:
-            encoder = cls.from_backbone(backbone, config.name, config.num_labels, None, **config.options)
+            encoder = cls.from_backbone(
+                backbone, config.name, config.num_labels, None, config.dense, config.normalize, **config.options,
+            )
         except UsageError as e:
             raise error(f"the saved pooler does not fit this backbone: {e}; {fix}") from None
-        if config.output_dim is not None and config.output_dim != encoder.pooler.output_dim:
+        if config.output_dim is not None and config.output_dim != encoder.output_dim:
             raise error(
-                f"the saved {config.name!r} pooler is {config.output_dim} wide but builds {encoder.pooler.output_dim} "
+                f"the saved {config.name!r} pooler is {config.output_dim} wide but builds {encoder.output_dim} "
                 f"wide on this backbone; {fix}"
             )
         encoder.load_head(weights, error, fix)
@@ -152,6 +185,8 @@ class PooledEncoder(nn.Module):
             pooler_output=getattr(out, "pooler_output", None) if self.pooler.needs_pooler_output else None,
         )
         embedding = self.pooler(features)
+        if self.tail is not None:
+            embedding = self.tail(embedding)
         result = {"sentence_embedding": embedding}
         if self.head is not None:
             result["logits"] = self.head(embedding)
@@ -180,9 +215,22 @@ class PooledEncoder(nn.Module):
     def num_layers(self) -> int:
         return int(self.backbone.config.num_hidden_layers)
 
+    @property
+    def output_dim(self) -> int:
+        """The embedding's width: the pooler's, or the last Dense step's."""
+        return self.tail.output_dim(self.pooler.output_dim) if self.tail is not None else self.pooler.output_dim
+
+    @property
+    def normalizes(self) -> bool:
+        return self.tail is not None and self.tail.normalize
+
     def pooling_config(self) -> PoolingConfig:
         """The pooler and head's config, as poolx.json and manifest.json's "pooling" record it."""
-        return PoolingConfig(self.pooler.name, self.pooler.config(), self.num_labels, self.pooler.output_dim)
+        tail = self.tail
+        return PoolingConfig(
+            self.pooler.name, self.pooler.config(), self.num_labels, self.output_dim,
+            tail.steps if tail is not None else (), tail is not None and tail.normalize,
+        )
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """Pooler and head parameters/buffers (everything but the backbone), contiguous, for safetensors."""

@@ -3,7 +3,10 @@
 Both hold the pooler's config as one JSON object, the *pooling* object,
 
     {"name": "attention", "options": {"hidden_size": 16, "dropout": 0.1}, "num_labels": 2, "output_dim": 16,
-     "weights": "pooler.safetensors"}
+     "dense": [], "normalize": false, "weights": "pooler.safetensors"}
+
+("dense" and "normalize" are the embedding tail, poolx.models.tail: a sentence-transformers pipeline's Dense
+steps and Normalize, or `--normalize`; "output_dim" is the width of the embedding after them.)
 
 and its learned weights (state_dict keys `pooler.*` and `head.*`) in `pooler.safetensors` ("weights" is null, and
 there is no file, for a pooler and head without parameters or buffers):
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from poolx.errors import PoolxError
 from poolx.models.loading import POOLX_CONFIG
+from poolx.models.st_pipeline import DenseStep
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,16 +47,19 @@ LEGACY_MODEL_WEIGHTS = "poolx_model.safetensors"  # schema 1 model directories
 @dataclass(frozen=True)
 class PoolingConfig:
     """A pooler and head as configured: the pooler's registry name, its options (all of them, defaults included,
-    as `Pooler.config()` gives them), the head's num_labels (None: no head) and the output width."""
+    as `Pooler.config()` gives them), the head's num_labels (None: no head), the embedding's width, and the
+    embedding tail (Dense steps, then L2 normalization) between the pooler and the head."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     num_labels: int | None = None
     output_dim: int | None = None
+    dense: tuple[DenseStep, ...] = ()
+    normalize: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options), "num_labels": self.num_labels,
-                "output_dim": self.output_dim}
+                "output_dim": self.output_dim, "dense": [d.to_json() for d in self.dense], "normalize": self.normalize}
 
     @classmethod
     def from_json(cls, data: Any) -> "PoolingConfig":
@@ -66,7 +73,14 @@ class PoolingConfig:
         options = data.get("options") or {}
         if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
             raise ValueError(f"the options of pooler {name!r} must be an object, got {options!r}")
-        config = cls(name, dict(options), data.get("num_labels"), data.get("output_dim"))
+        dense = data.get("dense") or []
+        if not isinstance(dense, list):
+            raise ValueError(f"the pooling entry's dense steps must be a list, got {dense!r}")
+        normalize = data.get("normalize", False)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"the pooling entry's normalize must be true or false, got {normalize!r}")
+        config = cls(name, dict(options), data.get("num_labels"), data.get("output_dim"),
+                     tuple(DenseStep.from_json(d) for d in dense), normalize)
         config.validate()
         return config
 

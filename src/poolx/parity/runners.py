@@ -70,17 +70,15 @@ def compare_runs(
     return list(comparisons.values())
 
 
-def rebuild_encoder(
-    manifest: Any, directory: Path, source: str | None = None, attn_implementation: str = "eager",
-) -> Any:
-    """The eager PooledEncoder an export was made from: the source backbone (checked against the weights' sha256
-    recorded at export) with the pooler/head weights stored in the export. `attn_implementation` "sdpa" gives
-    transformers' default (faster) attention, for benchmarks."""
+def recorded_source(manifest: Any, source: Any = None) -> Any:
+    """The model an export came from, as a ModelSource: `source` (a directory, when it moved), else where the
+    manifest says, checked against the weights' sha256 recorded at export. Raises BrokenExportError."""
     from poolx.errors import BrokenExportError
     from poolx.manifest import source_weights
-    from poolx.models.encoder import PooledEncoder
-    from poolx.models.loading import DEFAULT_MODEL, load_backbone, resolve_source
+    from poolx.models.loading import DEFAULT_MODEL, ModelSource, resolve_source
 
+    if isinstance(source, ModelSource):
+        return source
     recorded = manifest.source
     if source is None:
         source = None if recorded["name"] == DEFAULT_MODEL else recorded["path"]
@@ -94,5 +92,18 @@ def rebuild_encoder(
             f"the weights in {resolved.path} differ from those exported (sha256 mismatch); pass --source with the "
             "model the export came from, or re-export"
         )
+    return resolved
+
+
+def rebuild_encoder(
+    manifest: Any, directory: Path, source: Any = None, attn_implementation: str = "eager",
+) -> Any:
+    """The eager PooledEncoder an export was made from: the source backbone (`recorded_source`) with the
+    pooler/head weights stored in the export. `attn_implementation` "sdpa" gives transformers' default (faster)
+    attention, for benchmarks."""
+    from poolx.models.encoder import PooledEncoder
+    from poolx.models.loading import load_backbone
+
+    resolved = recorded_source(manifest, source)
     encoder = PooledEncoder.from_export(manifest.pooling, load_backbone(resolved, attn_implementation), directory)
     return encoder.eval()

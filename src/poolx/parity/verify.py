@@ -14,12 +14,14 @@ import numpy as np
 from poolx.errors import BrokenExportError, ParityError
 from poolx.manifest import Manifest
 from poolx.parity.compare import Comparison, Tolerance
-from poolx.parity.runners import EagerRunner, OnnxRunner, compare_runs, rebuild_encoder
+from poolx.parity.runners import EagerRunner, OnnxRunner, compare_runs, rebuild_encoder, recorded_source
 from poolx.parity.texts import VERIFY_TEXTS
 from poolx.providers import CPU, Provider
 from poolx.spec import EXPORT_EXAMPLE_SHAPE, IOSpec
 
 BATCH_SIZES = (2, 3, 5, 8, 16)
+PAD_CAP = 512  # the longest padding of a batch of several texts (see cap_padding)
+SINGLE_CAP = 2048  # the longest padding of one text alone
 
 
 @dataclass
@@ -87,6 +89,28 @@ def cases(texts: Sequence[str], lengths: Sequence[int], max_length: int) -> list
             pad_to = length + 1
         fixed.append((label, rows, pad_to))
     return fixed
+
+
+def cap_padding(
+    plan: list[tuple[str, list[int], int | None]], max_length: int,
+) -> tuple[list[tuple[str, list[int], int | None]], str | None]:
+    """Keep verify's memory bounded on long-context models (eager attention holds batch x heads x S x S per
+    layer): batches are padded to at most PAD_CAP tokens and one text alone to at most SINGLE_CAP. Returns the plan
+    and a note when it capped anything."""
+    if max_length <= PAD_CAP:
+        return plan, None
+    out: list[tuple[str, list[int], int | None]] = []
+    for label, rows, pad_to in plan:
+        if pad_to is not None and pad_to > PAD_CAP:
+            out.append((label.replace(f"padded to {pad_to}", f"padded to {PAD_CAP}"), rows, PAD_CAP))
+        else:
+            out.append((label, rows, pad_to))
+    longest = min(max_length, SINGLE_CAP)
+    out.append((f"one text padded to {longest}", [plan[-1][1][0]], longest))
+    return out, (
+        f"batches were padded to at most {PAD_CAP} tokens and one text to {longest} of this model's {max_length} "
+        "(eager attention's memory grows with the square of the length)"
+    )
 
 
 def check_interface(graph_path: Path, spec: IOSpec) -> Check:
@@ -173,11 +197,18 @@ def verify(
     text_encoder = TextEncoder(directory, manifest)
     checks.append(check_tokenizer(directory, manifest, text_encoder, texts))
     chosen, notes = verify_provider(manifest, provider)
-    encoder = rebuild_encoder(manifest, directory, source)
-    plan = cases(texts, text_encoder.lengths(texts), manifest.max_length)
-    outputs, shapes = compare_on(
-        OnnxRunner(graph, chosen), encoder, manifest.io, text_encoder, texts, plan, tolerance,
-    )
+    resolved = recorded_source(manifest, source)
+    encoder = rebuild_encoder(manifest, directory, resolved)
+    plan, capped = cap_padding(cases(texts, text_encoder.lengths(texts), manifest.max_length), manifest.max_length)
+    if capped:
+        notes.append(capped)
+    runner = OnnxRunner(graph, chosen)
+    outputs, shapes = compare_on(runner, encoder, manifest.io, text_encoder, texts, plan, tolerance)
+    from poolx.parity.reference import against_sentence_transformers
+
+    library, note = against_sentence_transformers(resolved.path, manifest, runner, text_encoder, texts, tolerance)
+    outputs += [library] if library is not None else []
+    notes += [note] if note else []
     report = VerifyReport(
         str(directory), outputs, checks, shapes, time.perf_counter() - start, chosen.name, manifest.variant.label, notes,
     )

@@ -80,23 +80,40 @@ class Embedder:
         self.text_encoder = TextEncoder(self.directory, self.manifest)
         self.max_length = self.text_encoder.max_length
         self.width = int(self.manifest.pooling["output_dim"])
+        # sentence-transformers prompts recorded at export ("query: " ...), prepended as text, as encode() does
+        self.prompts: dict[str, str] = self.manifest.prompts
+        self.default_prompt_name: str | None = self.manifest.tokenizer.get("default_prompt_name")
+        self.normalized = self.manifest.normalizes  # the graph L2-normalizes
         self.truncated = 0  # texts cut to max_length so far
         self._warned = False
 
+    def prompt(self, name: str | None = None) -> str:
+        """The text prepended to each text: the export's prompt `name` (a sentence-transformers directory's
+        `prompts`), or by default its default prompt ("" when it has none), as `SentenceTransformer.encode` does.
+        An unknown name is a UsageError naming the ones there are."""
+        return self.manifest.prompt(name)
+
+    def encode(self, texts: Sequence[str], prompt_name: str | None = None) -> list[Any]:
+        """The texts tokenized as the graph takes them, with the prompt prepended (see `prompt`)."""
+        prefix = self.prompt(prompt_name)
+        return self.text_encoder.encode([prefix + t for t in texts] if prefix else list(texts))
+
     def embed(
         self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH, normalize: bool = False,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], None] | None = None, prompt_name: str | None = None,
     ) -> np.ndarray:
-        """(len(texts), width) float32, row i for texts[i]. Texts longer than max_length are truncated (counted in
+        """(len(texts), width) float32, row i for texts[i]. The export's default prompt, or `prompt_name`, is
+        prepended to each text (see `prompt`). Texts longer than max_length are truncated (counted in
         `.truncated`, warned about once per Embedder); an empty string is embedded as the model sees it (only the
-        special tokens). `progress(n)` is called after each batch with the number of texts it held."""
+        special tokens). Vectors are unit length when the export normalizes (`.normalized`) or `normalize` is set.
+        `progress(n)` is called after each batch with the number of texts it held."""
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not one string; wrap it: embed([text])")
         texts = list(texts)
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise UsageError(f"text {bad} is a {type(texts[bad]).__name__}, not a string")
-        encodings = self.text_encoder.encode(texts) if texts else []
+        encodings = self.encode(texts, prompt_name) if texts else []
         self._count_truncated(encodings)
         return self.embed_encoded(encodings, batch_size, normalize, progress)
 
@@ -115,7 +132,7 @@ class Embedder:
             out[rows] = self._run(feeds)
             if progress:
                 progress(len(rows))
-        return l2_normalize(out) if normalize else out
+        return l2_normalize(out) if normalize and not self.normalized else out
 
     def plan(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
         """Batches of text indices, longest texts first, each at most batch_size texts (and at most the TensorRT

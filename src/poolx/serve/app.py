@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from poolx.errors import UsageError
 from poolx.runtime.embedder import l2_normalize
 from poolx.serve.batcher import Batcher
 from poolx.serve.metrics import Metrics
@@ -49,7 +50,6 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
     limits = limits or Limits()
     name = model_name or embedder.manifest.source["name"]
     metrics = Metrics()
-    text_encoder = embedder.text_encoder
     max_length = embedder.max_length
     state: dict[str, Any] = {}
 
@@ -76,12 +76,14 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
         encoding_format: StrictStr = "float"
         dimensions: StrictInt | None = None
         user: StrictStr | None = None
+        prompt_name: StrictStr | None = None  # poolx's extension (OpenAI clients: extra_body); default: the export's
 
     class EmbedRequest(BaseModel):
         model_config = ConfigDict(extra="ignore")
         inputs: Union[StrictStr, list[StrictStr]]
-        normalize: StrictBool = True
+        normalize: StrictBool | None = None  # default: what the export gives (unit vectors when it normalizes)
         truncate: StrictBool = False
+        prompt_name: StrictStr | None = None
 
     def error_response(request: Request, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
         return JSONResponse(error_body(request.url.path, message, param, kind), status_code=status)
@@ -130,11 +132,15 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
             raise ClientError(413, f"the texts hold more than {limits.max_total_chars} characters in all", param)
         return chars
 
-    async def embed(texts: list[str], chars: int, truncate: bool) -> tuple[np.ndarray, int]:
+    async def embed(texts: list[str], chars: int, truncate: bool, prompt_name: str | None) -> tuple[np.ndarray, int]:
+        try:
+            embedder.prompt(prompt_name)
+        except UsageError as e:
+            raise ClientError(400, str(e), "prompt_name") from None
         if chars <= INLINE_CHARS:  # a few short texts: a thread hop costs more than tokenizing
-            encodings = text_encoder.encode(texts)
+            encodings = embedder.encode(texts, prompt_name)
         else:
-            encodings = await asyncio.to_thread(text_encoder.encode, texts)
+            encodings = await asyncio.to_thread(embedder.encode, texts, prompt_name)
         cut = [i for i, e in enumerate(encodings) if e.overflowing]
         if cut and not truncate:
             raise ClientError(
@@ -165,7 +171,8 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
                 "dimensions",
             )
         chars = check_texts(texts, "input")
-        vectors, tokens = await embed(texts, chars, truncate=True)  # over-long texts are cut to max_length (counted in /metrics)
+        # over-long texts are cut to max_length (counted in /metrics); vectors as the export gives them
+        vectors, tokens = await embed(texts, chars, truncate=True, prompt_name=body.prompt_name)
         if body.encoding_format == "base64":
             items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:
@@ -181,8 +188,10 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
         body = parse(await read_body(request), EmbedRequest)
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
         chars = check_texts(texts, "inputs")
-        vectors, _ = await embed(texts, chars, truncate=body.truncate)
-        if body.normalize:
+        if body.normalize is False and embedder.normalized:
+            raise ClientError(400, "this model's graph L2-normalizes its embeddings; normalize=false cannot undo it", "normalize")
+        vectors, _ = await embed(texts, chars, truncate=body.truncate, prompt_name=body.prompt_name)
+        if body.normalize and not embedder.normalized:
             vectors = l2_normalize(vectors.copy())  # a view of the batch's array: leave that as it is
         return json_response(vectors)
 
@@ -199,6 +208,7 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
         return JSONResponse({
             "model": name, "pooling": m.pooling["name"], "pooling_options": m.pooling.get("options", {}),
             "width": embedder.width, "max_length": max_length, "provider": str(embedder.provider),
+            "normalized": embedder.normalized, "prompts": embedder.prompts, "default_prompt_name": embedder.default_prompt_name,
             "precision": m.variant.precision.name, "optimized": m.variant.fused, "variant": m.variant.label,
             "limits": limits.__dict__,
         })
