@@ -78,26 +78,6 @@ def test_minilm_default_model_with_raw_outputs(tmp_path):
     }
 
 
-@pytest.mark.slow
-def test_minilm_mean_equals_sentence_transformers(tmp_path):
-    """The packaged model's own pipeline (sentence-transformers: mean pooling) gives the same vectors as the
-    exported graph, before its normalisation step."""
-    from sentence_transformers import SentenceTransformer
-
-    from poolx.models.loading import resolve_source
-    from poolx.runtime.session import create_session
-    from poolx.runtime.tokenizer import TextEncoder
-
-    export(None, tmp_path / "e", pooling="mean")
-    m = Manifest.read(tmp_path / "e")
-    texts = ["A man is playing a guitar.", "Ein Mann spielt Gitarre.", "x", "word " * 400]
-    (ours,) = create_session(tmp_path / "e" / "model.onnx").run(["sentence_embedding"], TextEncoder(tmp_path / "e", m)(texts))
-    st = SentenceTransformer(str(resolve_source(None).path), device="cpu")
-    theirs = st.encode(texts, normalize_embeddings=False, convert_to_numpy=True)
-    ours = ours / np.linalg.norm(ours, axis=1, keepdims=True)
-    np.testing.assert_allclose(ours, theirs, atol=2e-5)
-
-
 def test_external_data(tiny_models, tmp_path):
     export(str(tiny_models["bert"]), tmp_path / "e", pooling="cls", external_data="always")
     assert (tmp_path / "e" / "model.onnx.data").is_file()

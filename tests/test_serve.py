@@ -87,20 +87,23 @@ def test_openai_client_gets_the_embedders_numbers(server, reference):
     np.testing.assert_allclose(floats.data[0].embedding, expected[0], atol=1e-5)
 
 
-def test_tei_embed_normalizes_and_truncates_on_request(server, reference):
+def test_tei_embed_gives_the_exports_vectors_normalizes_on_request_and_truncates_on_request(server, reference):
+    """This export does not normalize: /embed gives its vectors as /v1/embeddings does (normalize=true asks for unit
+    vectors; an export that normalizes in its graph is tests/test_st_pipeline.py's)."""
     long = VERIFY_TEXTS[-1]
     expected = reference(TEXTS)
     r = httpx.post(f"{server}/embed", json={"inputs": TEXTS}, headers=AUTH)
     assert r.status_code == 200
-    got = np.array(r.json(), dtype=np.float32)
-    np.testing.assert_allclose(got, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
-    raw = httpx.post(f"{server}/embed", json={"inputs": TEXTS[0], "normalize": False}, headers=AUTH).json()
-    np.testing.assert_allclose(raw[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(np.array(r.json(), dtype=np.float32), expected, atol=1e-5)
+    unit = httpx.post(f"{server}/embed", json={"inputs": TEXTS, "normalize": True}, headers=AUTH).json()
+    np.testing.assert_allclose(unit, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
     refused = httpx.post(f"{server}/embed", json={"inputs": [TEXTS[0], long]}, headers=AUTH)
     assert refused.status_code == 413 and "truncate=true" in refused.json()["error"]
-    cut = httpx.post(f"{server}/embed", json={"inputs": [long], "truncate": True, "normalize": False}, headers=AUTH)
+    cut = httpx.post(f"{server}/embed", json={"inputs": [long], "truncate": True}, headers=AUTH)
     assert cut.status_code == 200
     np.testing.assert_allclose(cut.json()[0], reference([long])[0], atol=1e-5)
+    unknown = httpx.post(f"{server}/embed", json={"inputs": "x", "prompt_name": "query"}, headers=AUTH)
+    assert unknown.status_code == 400 and "unknown prompt 'query'" in unknown.json()["error"]
 
 
 def test_info_health_and_metrics(server):

@@ -3,7 +3,10 @@
 - Fusion (`--optimize`): EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu. onnxruntime fuses
   attention on graphs from torch's TorchScript exporter with eager attention, which is how poolx traces;
   DeBERTa's disentangled attention is not fused (its LayerNorms and GELUs are). The optimizer's model type comes
-  from the backbone adapter.
+  from the backbone adapter. RMSNorm backbones (Llama, Qwen, Mistral, Gemma, EuroBERT) get
+  SimplifiedLayerNormalization and SkipSimplifiedLayerNormalization: the first is an op onnxruntime defines in the
+  ONNX domain itself, which onnx does not know, so its schema (onnxruntime's own) is registered with onnx before
+  the graph is checked (`register_onnxruntime_schemas`).
 - fp16 (for CUDA): the fused graph converted with onnxruntime's float16 converter, inputs and outputs kept
   float32. The fused LayerNorm kernels keep their statistics in float32; the pooler and the head (every node under
   the `/pooler/` and `/head/` scopes, WK's float64 Gram part included) stay float32.
@@ -37,6 +40,7 @@ def fuse(
             hidden_size=int(config.hidden_size), optimization_options=options, opt_level=0, use_gpu=target.gpu,
         )
     _import_contrib_domain(optimized.model)
+    register_onnxruntime_schemas(optimized.model)
     counts = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     return optimized, counts
 
@@ -49,6 +53,71 @@ def _import_contrib_domain(model: Any) -> None:
         o.domain == "com.microsoft" for o in model.opset_import
     ):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+
+
+def register_onnxruntime_schemas(model: Any) -> list[str]:
+    """Register with onnx the schemas of the ops in `model`'s ONNX domain that onnx does not define at the model's
+    opset but onnxruntime does, taken from onnxruntime's own definitions; returns the ops registered.
+
+    The optimizer writes onnxruntime's contrib ops into com.microsoft, which onnx's checker skips as a foreign
+    domain, but a few into the ONNX domain itself: SimplifiedLayerNormalization (every RMSNorm backbone), and
+    LayerNormalization below opset 17. onnx's checker rejects those as unregistered ops ("No Op registered for
+    SimplifiedLayerNormalization with domain_version of 17") although onnxruntime runs them. Registering the
+    schema onnxruntime runs them by keeps the check real: the checker still checks their inputs, outputs,
+    attributes and types, and still rejects an op that neither library defines. The registration lasts for the
+    process (the checker runs when the graph is written, after fusion)."""
+    import onnx
+    from onnx.defs import OpSchema
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        return []
+    wanted = set()
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx"):
+            try:
+                onnx.defs.get_schema(node.op_type, opset, "")
+            except onnx.defs.SchemaError:
+                wanted.add(node.op_type)
+    if not wanted:
+        return []
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    versions: dict[str, Any] = {}
+    for schema in ort_c.get_all_operator_schema():
+        if schema.domain == "" and schema.name in wanted and schema.since_version <= opset:
+            if schema.name not in versions or schema.since_version > versions[schema.name].since_version:
+                versions[schema.name] = schema
+    for schema in versions.values():
+        onnx.defs.register_schema(_onnx_schema(schema, OpSchema))
+    return sorted(versions)
+
+
+def _onnx_schema(schema: Any, OpSchema: Any) -> Any:
+    """onnxruntime's definition of an op (its pybind `schema`) as an onnx `OpSchema`."""
+    import onnx
+
+    def params(formal: Any) -> list:
+        return [
+            OpSchema.FormalParameter(
+                p.name, p.typeStr, p.description, param_option=OpSchema.FormalParameterOption(int(p.option)),
+                is_homogeneous=p.isHomogeneous,
+            )
+            for p in formal
+        ]
+
+    attributes = []
+    for a in schema.attributes.values():
+        if a.required or not a._default_value:
+            attributes.append(OpSchema.Attribute(a.name, OpSchema.AttrType(int(a.type)), a.description, required=a.required))
+        else:
+            attributes.append(OpSchema.Attribute(a.name, onnx.AttributeProto.FromString(a._default_value), a.description))
+    return OpSchema(
+        schema.name, schema.domain, schema.since_version, schema.doc or "",
+        inputs=params(schema.inputs), outputs=params(schema.outputs),
+        type_constraints=[(t.type_param_str, list(t.allowed_type_strs), t.description) for t in schema.type_constraints],
+        attributes=attributes,
+    )
 
 
 def to_fp16(optimized: Any) -> int:

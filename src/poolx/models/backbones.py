@@ -58,6 +58,8 @@ class BackboneAdapter:
     optimizer_model_type: str = "bert"
     fusions: Fusions | None = field(default=None, hash=False)
     causal: bool = False
+    refuse: str | None = None
+    refuse_if: tuple[str, Any] | None = None
 
     @property
     def is_generic(self) -> bool:
@@ -66,6 +68,14 @@ class BackboneAdapter:
     def is_causal(self, config: Any) -> bool:
         """Whether the backbone is a decoder: its first position sees only itself, its last sees the whole text."""
         return self.causal or bool(getattr(config, "is_decoder", False))
+
+    def refusal(self, config: Any) -> str | None:
+        """Why poolx does not export this backbone (None: it does)."""
+        if self.refuse is None:
+            return None
+        if self.refuse_if is not None and getattr(config, self.refuse_if[0], None) != self.refuse_if[1]:
+            return None
+        return self.refuse
 
     # ---- inputs ------------------------------------------------------------------------------------------------
     def uses_token_type_ids(self, config: Any, model: Any = None) -> bool:
@@ -143,9 +153,16 @@ MPNET = BackboneAdapter(
     fusions={"BiasGelu": (1, 0), "SkipLayerNormalization": (2, 1)},
 )
 ELECTRA = BackboneAdapter("electra", ("electra",), token_type_ids=True, pooler_head=False, fusions=_BERT_FUSIONS)
+LONGFORMER = BackboneAdapter("longformer", ("longformer",), refuse="Longformer is not exported: x")
+BIGBIRD = BackboneAdapter("bigbird", ("big_bird",), token_type_ids=True, pooler_head=True, refuse="bigbird x", refuse_if=("attention_type", "block_sparse"))
+QWEN2 = BackboneAdapter("qwen2", ("qwen2",), token_type_ids=False, pooler_head=False, causal=True)
+QWEN3 = BackboneAdapter("qwen3", ("qwen3",), token_type_ids=False, pooler_head=False, causal=True)
+LLAMA = BackboneAdapter("llama", ("llama",), token_type_ids=False, pooler_head=False, causal=True)
+MISTRAL = BackboneAdapter("mistral", ("mistral",), token_type_ids=False, pooler_head=False, causal=True)
+GEMMA = BackboneAdapter("gemma", ("gemma",), token_type_ids=False, pooler_head=False, causal=True)
 GENERIC = BackboneAdapter("generic")
 
-ADAPTERS: tuple[BackboneAdapter, ...] = (BERT, ROBERTA, DISTILBERT, DEBERTA, MPNET, ELECTRA)
+ADAPTERS: tuple[BackboneAdapter, ...] = (BERT, ROBERTA, DISTILBERT, DEBERTA, MPNET, ELECTRA, LONGFORMER, BIGBIRD, QWEN2, QWEN3, LLAMA, MISTRAL, GEMMA)
 _BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in adapter.model_types}
 
 

@@ -1,5 +1,8 @@
 """Where a model comes from: the packaged MiniLM, a local Hugging Face or poolx directory, or a hub id that is
-already in the local cache. poolx never downloads: everything loads with `local_files_only=True`."""
+already in the local cache. poolx never downloads: everything loads with `local_files_only=True`. poolx never runs
+code from a model repository either: everything loads with `trust_remote_code=False`, and a model that needs its
+own code is refused before anything is loaded (`check_supported`), as is a backbone family whose traced graph
+would not compute what the model computes (its adapter's `refusal`)."""
 
 from __future__ import annotations
 
@@ -84,25 +87,76 @@ def resolve_source(model: str | os.PathLike[str] | None) -> ModelSource:
     return ModelSource(text, snapshot)
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def check_supported(source: ModelSource) -> Any:
+    """Refuse, in one line and before any weights, tokenizer or tracing, a model poolx must not or cannot export;
+    returns its transformers config.
+
+    - Remote code: a config.json with `auto_map` whose `model_type` transformers does not implement needs the
+      repository's own Python code. transformers would stop at an interactive y/N prompt (or fail after a timeout
+      in a non-interactive run); poolx never runs that code, so it says so instead. When transformers has the
+      model type built in (e.g. nomic_bert, whose checkpoints also carry `auto_map`), transformers' own
+      implementation loads, as it does for anyone who does not pass trust_remote_code.
+    - Families whose graph would not compute what the model computes (the backbone adapter's `refusal`:
+      Longformer, BigBird's block-sparse attention)."""
+    from poolx.models.backbones import adapter_for
+
+    path = source.path / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {_first_line(e)}") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} is not a transformers config (not a JSON object)")
+    auto_map = raw.get("auto_map")
+    if auto_map:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        model_type = raw.get("model_type")
+        if model_type not in CONFIG_MAPPING_NAMES:
+            named = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else "auto_map"
+            raise ModelLoadError(
+                f"{source.path} needs its own Python code (config.json's auto_map: {named}) and transformers has no "
+                f"built-in {model_type!r} model; poolx does not run code from a model repository (trust_remote_code), "
+                "so it cannot load it: export a model of a type transformers implements"
+            )
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"cannot load a transformers config from {source.path}: {_first_line(e)}") from None
+    refusal = adapter_for(config).refusal(config)
+    if refusal:
+        raise ModelLoadError(f"{source.path}: {refusal}")
+    return config
+
+
 def load_backbone(source: ModelSource, attn_implementation: str = "eager") -> Any:
     """The backbone as a transformers `PreTrainedModel` in eval mode, with eager attention (what onnxruntime's
-    transformer optimizer fuses, and what `attentions` outputs need). Raises ModelLoadError on any failure."""
+    transformer optimizer fuses, and what `attentions` outputs need). Raises ModelLoadError on any failure, and
+    on a model `check_supported` refuses."""
     import torch
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    config = check_supported(source)
     hf_logging.disable_progress_bar()
     try:
         model, info = AutoModel.from_pretrained(
             source.path,
+            config=config,
             local_files_only=True,
+            trust_remote_code=False,
             attn_implementation=attn_implementation,
             dtype=torch.float32,
             output_loading_info=True,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load a transformers model from {source.path}: {first}") from None
+        raise ModelLoadError(f"cannot load a transformers model from {source.path}: {_first_line(e)}") from None
     model.eval()
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler.")]
     if missing:
@@ -120,19 +174,45 @@ def missing_keys(model: Any) -> tuple[str, ...]:
     return _MISSING_KEYS.get(model, ())
 
 
+# Where a tokenizer without a pad token gets one, in order: what decoder embedding models set themselves
+# (e5-mistral, Qwen3-Embedding pad with their eos token), then any other token of the vocabulary.
+PAD_FALLBACKS = ("eos_token", "unk_token", "bos_token")
+
+
 def load_tokenizer(source: ModelSource) -> Any:
+    """The model's fast tokenizer, with a pad token (`ensure_pad_token`). Raises ModelLoadError on any failure,
+    and on a model `check_supported` refuses (checked here too: the exporter loads the tokenizer first)."""
     from transformers import AutoTokenizer
 
+    check_supported(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load a tokenizer from {source.path}: {first}") from None
+        raise ModelLoadError(f"cannot load a tokenizer from {source.path}: {_first_line(e)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(
             f"the tokenizer in {source.path} has no fast (Rust) version; poolx needs tokenizer.json to run it"
         )
+    ensure_pad_token(tokenizer)
     return tokenizer
+
+
+def ensure_pad_token(tokenizer: Any) -> str | None:
+    """Give a tokenizer without a pad token (Llama, Mistral and other decoder base models) one: its eos token,
+    else its unk, else its bos, else the vocabulary's token 0. Returns the token chosen (None: it had one).
+
+    Which token pads does not change any embedding: padded positions have attention mask 0, every pooler
+    ignores them, and poolx pads on the right, so no real token attends to them (causal backbones included). It
+    has to be a token of the vocabulary (an id past the embedding table would fail the lookup); a new [PAD]
+    token would be one past it. The choice is saved with the exported tokenizer and recorded in the manifest's
+    tokenizer section (pad_token, pad_token_id), which the runtime pads with."""
+    if tokenizer.pad_token is not None:
+        return None
+    chosen = next((getattr(tokenizer, name) for name in PAD_FALLBACKS if getattr(tokenizer, name, None)), None)
+    if chosen is None:
+        chosen = tokenizer.convert_ids_to_tokens(0)
+    tokenizer.pad_token = chosen
+    return str(chosen)
 
 
 def default_max_length(source: ModelSource, limit: int, tokenizer: Any) -> int:
