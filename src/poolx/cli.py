@@ -83,7 +83,11 @@ def _run(command: Callable[[], None]) -> None:
     except Exception as e:  # a bug in poolx or a library: say so in one line unless asked for the traceback
         if os.environ.get("POOLX_DEBUG"):
             raise
-        _stderr().print(f"internal error: {type(e).__name__}: {e} (set POOLX_DEBUG=1 for the traceback)", markup=False)
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        _stderr().print(
+            f"internal error (a bug in poolx, please report it): {type(e).__name__}: {first} "
+            "(POOLX_DEBUG=1 shows the traceback)", markup=False,
+        )
         raise typer.Exit(3) from None
 
 
