@@ -87,3 +87,35 @@ def test_external_data(tiny_models, tmp_path):
 
 def test_all_poolers_are_covered():
     assert {p for p, _ in CASES} == set(list_poolers())
+
+
+def test_verify_of_a_32k_context_model_stays_under_2_gb(tmp_path):
+    """Padding to max_length is capped (batches at 512 tokens, one text at 2,048): peak RSS of `poolx verify` on a
+    tiny BERT with 32,768 positions stays under 2 GB (uncapped, its batches of 16 padded to 32k need tens of GB)."""
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from conftest import TINY, minilm_path
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, max_position_embeddings=32768, **TINY)).save_pretrained(tmp_path / "m")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.model_max_length = 32768
+    tokenizer.save_pretrained(tmp_path / "m")
+    export(str(tmp_path / "m"), tmp_path / "e", pooling="mean")
+    assert Manifest.read(tmp_path / "e").max_length == 32768
+    code = (
+        "import json, resource, sys; from poolx.parity.verify import verify; r = verify(sys.argv[1]); "
+        "print(json.dumps({'passed': r.passed, 'shapes': r.shapes, 'notes': r.notes, "
+        "'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "e")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["passed"] and result["rss_kb"] < 2 * 1024 * 1024, result["rss_kb"]
+    print(f"peak RSS of verify: {result['rss_kb'] / 1024:.0f} MiB")
+    assert max(s[1] for s in result["shapes"]) == 2048 and max(b * s for b, s in result["shapes"]) <= 16 * 2048
+    assert any("at most 512 tokens" in n for n in result["notes"])

@@ -3,13 +3,17 @@ table instead of checks scattered over the code base.
 
 An adapter says which inputs the graph takes (input_ids, attention_mask, and token_type_ids only where the
 backbone uses them), how long a sequence its position embeddings allow (RoBERTa-style models reserve
-padding_idx + 1 positions), which side the tokenizer pads (right, for every encoder poolx exports: the poolers'
-first token is position 0), whether the loaded model has a usable pooler head, which `model_type` onnxruntime's
-transformer optimizer is given, and which fused ops that optimizer produces on poolx's traced graph.
+padding_idx + 1 positions), which side the tokenizer pads (right, for every family poolx exports: the encoders'
+first token is position 0, and decoders count position ids from the first position whatever the mask says, so
+left padding would shift a text's positions by its padding), whether the loaded model has a usable pooler head,
+which `model_type` onnxruntime's transformer optimizer is given, which fused ops that optimizer produces on
+poolx's traced graph, whether the backbone is causal (a decoder: first-token poolers are refused), and why poolx
+refuses a family whose traced graph would not compute what the model computes.
 
 `adapter_for(config)` looks the family up by `config.model_type`; a model type not in the table gets GENERIC,
 which decides from the loaded model itself (its forward signature, its position embedding's padding_idx, its
-`pooler` module) and promises no fusion counts. Torch-free until a method is handed a model.
+`pooler` module) and from the config (a decoder by `is_decoder`, its architectures or its model type), and
+promises no fusion counts. Torch-free until a method is handed a model.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "toke
 
 # Model types outside the families whose position ids count from pad_token_id + 1, for GENERIC when it has only
 # the config (with the model it reads the position embedding's padding_idx instead).
-ROBERTA_STYLE = ("longformer", "roberta-prelayernorm", "xlm-roberta-xl", "data2vec-text", "xmod")
+ROBERTA_STYLE = ("roberta-prelayernorm", "xlm-roberta-xl", "data2vec-text", "xmod")
+
+# Decoder model types outside the decoder families below, for GENERIC's `is_causal`: a model type here, a config
+# with is_decoder, or an architecture named ...ForCausalLM / ...LMHeadModel is causal, unless the config turns on
+# bidirectional attention (EmbeddingGemma's use_bidirectional_attention).
+DECODER_MODEL_TYPES = (
+    "gemma2", "gemma3_text", "qwen2_moe", "qwen3_moe", "mixtral", "phi", "phi3", "gpt2", "gpt_neox", "gptj", "opt",
+    "bloom", "falcon", "olmo", "olmo2", "starcoder2", "stablelm", "granite", "cohere",
+)
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
 
 # Fusions are written as op -> (per layer, constant): count = per_layer * num_layers + constant.
 Fusions = Mapping[str, tuple[int, int]]
@@ -46,7 +59,9 @@ class BackboneAdapter:
       MODEL_TYPES has no roberta/deberta/distilbert/mpnet entry; "bert" is the encoder optimizer for all);
     - `fusions`: the fused ops `poolx.exporter.fuse.fuse` produces on poolx's fp32 TorchScript graph of this
       family (with attention fusion on), as op -> (per layer, constant); None: not pinned (GENERIC);
-    - `causal`: a decoder family, each token attending to earlier ones only (first-token poolers are refused).
+    - `causal`: a decoder family, each token attending to earlier ones only (first-token poolers are refused);
+    - `refuse`, `refuse_if`: why poolx does not export the family (None: it does), and the config attribute and
+      value the refusal is limited to (None: always).
     """
 
     family: str
@@ -66,11 +81,20 @@ class BackboneAdapter:
         return not self.model_types
 
     def is_causal(self, config: Any) -> bool:
-        """Whether the backbone is a decoder: its first position sees only itself, its last sees the whole text."""
-        return self.causal or bool(getattr(config, "is_decoder", False))
+        """Whether the backbone is a decoder: its first position sees only itself, its last sees the whole text.
+        A decoder family, or (any family) a config with is_decoder (BERT or RoBERTa trained as a decoder), an
+        architecture named ...ForCausalLM / ...LMHeadModel, or a model type of DECODER_MODEL_TYPES; not when the
+        config turns bidirectional attention on (EmbeddingGemma)."""
+        if getattr(config, "use_bidirectional_attention", False) is True:
+            return False
+        if self.causal or getattr(config, "is_decoder", False) is True:
+            return True
+        if str(getattr(config, "model_type", "")) in DECODER_MODEL_TYPES:
+            return True
+        return any(str(a).endswith(CAUSAL_ARCHITECTURES) for a in getattr(config, "architectures", None) or ())
 
     def refusal(self, config: Any) -> str | None:
-        """Why poolx does not export this backbone (None: it does)."""
+        """Why poolx does not export this backbone (None: it does), as one line for the user."""
         if self.refuse is None:
             return None
         if self.refuse_if is not None and getattr(config, self.refuse_if[0], None) != self.refuse_if[1]:
@@ -153,16 +177,78 @@ MPNET = BackboneAdapter(
     fusions={"BiasGelu": (1, 0), "SkipLayerNormalization": (2, 1)},
 )
 ELECTRA = BackboneAdapter("electra", ("electra",), token_type_ids=True, pooler_head=False, fusions=_BERT_FUSIONS)
-LONGFORMER = BackboneAdapter("longformer", ("longformer",), refuse="Longformer is not exported: x")
-BIGBIRD = BackboneAdapter("bigbird", ("big_bird",), token_type_ids=True, pooler_head=True, refuse="bigbird x", refuse_if=("attention_type", "block_sparse"))
-QWEN2 = BackboneAdapter("qwen2", ("qwen2",), token_type_ids=False, pooler_head=False, causal=True)
-QWEN3 = BackboneAdapter("qwen3", ("qwen3",), token_type_ids=False, pooler_head=False, causal=True)
-LLAMA = BackboneAdapter("llama", ("llama",), token_type_ids=False, pooler_head=False, causal=True)
-MISTRAL = BackboneAdapter("mistral", ("mistral",), token_type_ids=False, pooler_head=False, causal=True)
-GEMMA = BackboneAdapter("gemma", ("gemma",), token_type_ids=False, pooler_head=False, causal=True)
+# Rotary (RoPE) encoders: onnxruntime's BERT attention fusion does not match rotary attention, so their attention
+# stays unfused; their LayerNorms (or RMSNorms) and GELUs fuse. ModernBERT's first layer has no attention norm and
+# its embedding norm stays a LayerNormalization (2L SkipLayerNormalization + 1); NomicBERT and GTE are post-norm
+# (each layer's two norms follow a residual add, and the embedding norm joins them: 2L + 1), their MLPs gated
+# (NomicBERT's SwiGLU has no GELU to fuse). RoFormer's rotary positions are sinusoidal. EuroBERT is a Llama-style
+# bidirectional encoder: RMSNorm, so Simplified ops (see poolx.exporter.fuse), and no token_type_ids.
+MODERNBERT = BackboneAdapter(
+    "modernbert", ("modernbert",), token_type_ids=False, pooler_head=False,
+    fusions={"LayerNormalization": (0, 1), "Gelu": (1, 0), "SkipLayerNormalization": (2, 0)},
+)
+NOMIC_BERT = BackboneAdapter(
+    "nomic_bert", ("nomic_bert",), token_type_ids=True, pooler_head=False, fusions={"SkipLayerNormalization": (2, 1)},
+)
+GTE = BackboneAdapter(
+    "gte", ("gte",), token_type_ids=True, pooler_head=False,
+    fusions={"Gelu": (1, 0), "SkipLayerNormalization": (2, 1)},
+)
+ROFORMER = BackboneAdapter(
+    "roformer", ("roformer",), token_type_ids=True, pooler_head=False,
+    fusions={"BiasGelu": (1, 0), "SkipLayerNormalization": (2, 1)},
+)
+_RMS_FUSIONS: Fusions = {"SimplifiedLayerNormalization": (0, 1), "SkipSimplifiedLayerNormalization": (2, 0)}
+EUROBERT = BackboneAdapter("eurobert", ("eurobert",), token_type_ids=False, pooler_head=False, fusions=_RMS_FUSIONS)
+# BigBird with full attention is BERT with gelu_new (FastGelu). Its block-sparse attention is not a graph: it
+# draws random key blocks at run time, and for a sequence too short for its blocks it switches the model to full
+# attention in place, which is what the short tracing example does, so the graph would compute full attention.
+BIGBIRD = BackboneAdapter(
+    "bigbird", ("big_bird",), token_type_ids=True, pooler_head=True,
+    fusions={"EmbedLayerNormalization": (0, 1), "Attention": (1, 0), "FastGelu": (1, 0), "SkipLayerNormalization": (2, 0)},
+    refuse=(
+        "BigBird with attention_type 'block_sparse' is not exported: its attention picks random key blocks at run "
+        "time and falls back to full attention, in place, for sequences shorter than its blocks (the tracing "
+        "example is one), so the graph would not compute block-sparse attention; set \"attention_type\": "
+        "\"original_full\" in config.json to export it with full attention"
+    ),
+    refuse_if=("attention_type", "block_sparse"),
+)
+# Longformer's sliding-window attention pads the sequence to a multiple of attention_window and chunks it with
+# Python arithmetic on the sequence length, which the TorchScript trace turns into the example's constants.
+LONGFORMER = BackboneAdapter(
+    "longformer", ("longformer",), token_type_ids=True, position_padding_idx="pad_token_id", pooler_head=True,
+    refuse=(
+        "Longformer is not exported: its sliding-window attention pads and chunks the sequence with Python "
+        "arithmetic on its length, which the trace bakes in as the example's shape, so the graph fails or is "
+        "wrong at any other length"
+    ),
+)
+# Decoders: causal, no token_type_ids, no pooler head, padded right (position ids count from the first position,
+# whatever the mask says). Every family norms with RMSNorm: a SimplifiedLayerNormalization for the first layer's
+# input norm, a SkipSimplifiedLayerNormalization after each residual add (2L, the final norm included); Qwen3 adds
+# a query and a key RMSNorm per layer, Gemma's gated MLP is tanh-GELU (FastGelu). No onnxruntime optimizer fuses
+# their rotary attention on a TorchScript graph ("bert", "gpt2" and "qwen3" give the same fusions), so they get
+# the same encoder optimizer as every family.
+QWEN2 = BackboneAdapter("qwen2", ("qwen2",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS)
+QWEN3 = BackboneAdapter(
+    "qwen3", ("qwen3",), token_type_ids=False, pooler_head=False, causal=True,
+    fusions={"SimplifiedLayerNormalization": (2, 1), "SkipSimplifiedLayerNormalization": (2, 0)},
+)
+LLAMA = BackboneAdapter("llama", ("llama",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS)
+MISTRAL = BackboneAdapter("mistral", ("mistral",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS)
+GEMMA = BackboneAdapter(
+    "gemma", ("gemma",), token_type_ids=False, pooler_head=False, causal=True,
+    fusions={"FastGelu": (1, 0), **_RMS_FUSIONS},
+)
 GENERIC = BackboneAdapter("generic")
 
-ADAPTERS: tuple[BackboneAdapter, ...] = (BERT, ROBERTA, DISTILBERT, DEBERTA, MPNET, ELECTRA, LONGFORMER, BIGBIRD, QWEN2, QWEN3, LLAMA, MISTRAL, GEMMA)
+ENCODERS: tuple[BackboneAdapter, ...] = (
+    BERT, ROBERTA, DISTILBERT, DEBERTA, MPNET, ELECTRA, MODERNBERT, NOMIC_BERT, GTE, ROFORMER, EUROBERT, BIGBIRD,
+    LONGFORMER,
+)
+DECODERS: tuple[BackboneAdapter, ...] = (QWEN2, QWEN3, LLAMA, MISTRAL, GEMMA)
+ADAPTERS: tuple[BackboneAdapter, ...] = ENCODERS + DECODERS
 _BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in adapter.model_types}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -92,24 +92,29 @@ def cases(texts: Sequence[str], lengths: Sequence[int], max_length: int) -> list
 
 
 def cap_padding(
-    plan: list[tuple[str, list[int], int | None]], max_length: int,
+    plan: list[tuple[str, list[int], int | None]], lengths: Sequence[int], max_length: int,
+    shorten: Callable[[int], int],
 ) -> tuple[list[tuple[str, list[int], int | None]], str | None]:
     """Keep verify's memory bounded on long-context models (eager attention holds batch x heads x S x S per
-    layer): batches are padded to at most PAD_CAP tokens and one text alone to at most SINGLE_CAP. Returns the plan
-    and a note when it capped anything."""
+    layer): in batches of several texts, a text longer than PAD_CAP tokens is replaced by `shorten(i)` (the index
+    of a copy cut to at most PAD_CAP tokens) and padding stops at PAD_CAP; one text alone is padded to at most
+    SINGLE_CAP. Returns the plan and a note when the model's max_length is above PAD_CAP."""
     if max_length <= PAD_CAP:
         return plan, None
     out: list[tuple[str, list[int], int | None]] = []
     for label, rows, pad_to in plan:
-        if pad_to is not None and pad_to > PAD_CAP:
-            out.append((label.replace(f"padded to {pad_to}", f"padded to {PAD_CAP}"), rows, PAD_CAP))
-        else:
-            out.append((label, rows, pad_to))
+        if len(rows) > 1:
+            rows = [shorten(i) if lengths[i] > PAD_CAP else i for i in rows]
+            if pad_to is not None and pad_to > PAD_CAP:
+                label, pad_to = label.replace(f"padded to {pad_to}", f"padded to {PAD_CAP}"), PAD_CAP
+        elif pad_to is not None and pad_to > SINGLE_CAP:
+            label, pad_to = label.replace(f"padded to {pad_to}", f"padded to {SINGLE_CAP}"), SINGLE_CAP
+        out.append((label, rows, pad_to))
     longest = min(max_length, SINGLE_CAP)
-    out.append((f"one text padded to {longest}", [plan[-1][1][0]], longest))
+    out.append((f"one text padded to {longest}", [max(range(len(lengths)), key=lambda i: lengths[i])], longest))
     return out, (
-        f"batches were padded to at most {PAD_CAP} tokens and one text to {longest} of this model's {max_length} "
-        "(eager attention's memory grows with the square of the length)"
+        f"batches of several texts were cut and padded to at most {PAD_CAP} tokens and one text padded to {longest} "
+        f"of this model's {max_length} (eager attention's memory grows with the square of the length)"
     )
 
 
@@ -199,7 +204,10 @@ def verify(
     chosen, notes = verify_provider(manifest, provider)
     resolved = recorded_source(manifest, source)
     encoder = rebuild_encoder(manifest, directory, resolved)
-    plan, capped = cap_padding(cases(texts, text_encoder.lengths(texts), manifest.max_length), manifest.max_length)
+    texts = list(texts)
+    lengths = text_encoder.lengths(texts)
+    plan, capped = cap_padding(cases(texts, lengths, manifest.max_length), lengths, manifest.max_length,
+                               _shortener(texts, text_encoder))
     if capped:
         notes.append(capped)
     runner = OnnxRunner(graph, chosen)
@@ -213,6 +221,24 @@ def verify(
         str(directory), outputs, checks, shapes, time.perf_counter() - start, chosen.name, manifest.variant.label, notes,
     )
     return _finish(report, raise_on_failure)
+
+
+def _shortener(texts: list[str], text_encoder: Any) -> Callable[[int], int]:
+    """shorten(i): the index in `texts` of a copy of text i cut (at a character) to at most PAD_CAP tokens,
+    appended on first use."""
+    made: dict[int, int] = {}
+
+    def shorten(i: int) -> int:
+        if i not in made:
+            lo, hi = 0, len(texts[i])  # the longest prefix within PAD_CAP tokens
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if text_encoder.lengths([texts[i][:mid]])[0] <= PAD_CAP else (lo, mid - 1)
+            texts.append(texts[i][:lo])
+            made[i] = len(texts) - 1
+        return made[i]
+
+    return shorten
 
 
 def verify_provider(manifest: Manifest, provider: str | None) -> tuple[Provider, list[str]]:
