@@ -76,6 +76,18 @@ FIRST_TOKEN_POOLERS = [  # CLI arguments of every pooler that reads the first to
 runner = CliRunner()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The eager side of these tiny models runs faster on one thread (two threads' start-up and spinning cost more
+    than their matrices, 2.5x on this file's 2-core machine); the setting is restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def one_line_error(result, *needles: str) -> str:
     """The CLI's refusal: exit 2, one `error:` line on stderr, no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
@@ -177,7 +189,7 @@ def test_encoder_family_exports_and_verifies(model_type, optimize, build, tmp_pa
     elif adapter is GENERIC:  # ALBERT: nothing pinned, but its shared layers fuse too
         assert fusions and fusions.get("SkipLayerNormalization", 0) >= 2 * LAYERS
     else:
-        assert fusions == adapter.expected_fusions(LAYERS)
+        assert fusions == adapter.expected_fusions(LAYERS, config)
     report = verify(tmp_path / "e", texts=TEXTS)
     assert report.passed, report.summary()
     (embedding,) = report.outputs

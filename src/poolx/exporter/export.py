@@ -102,7 +102,7 @@ def export(
     if pipeline is not None and encoder.pooling_replaced:
         notes.append(
             f"--pooling {encoder.pooler.name} replaces the directory's sentence-transformers Pooling "
-            f"({'+'.join(pipeline.modes)}); its other steps are kept: {pipeline.describe()}"
+            f"({'+'.join(pipeline.modes)}); the steps after it are kept: {' -> '.join(pipeline.after_pooling()) or 'none'}"
         )
     spec = io_spec(encoder, raw_outputs)
     limit = encoder.position_limit

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
 
@@ -59,6 +59,7 @@ class BackboneAdapter:
       MODEL_TYPES has no roberta/deberta/distilbert/mpnet entry; "bert" is the encoder optimizer for all);
     - `fusions`: the fused ops `poolx.exporter.fuse.fuse` produces on poolx's fp32 TorchScript graph of this
       family (with attention fusion on), as op -> (per layer, constant); None: not pinned (GENERIC);
+      `fusions_extra`: the ops a config's options add to them (DeBERTa-v3's normed relative embeddings);
     - `causal`: a decoder family, each token attending to earlier ones only (first-token poolers are refused);
     - `refuse`, `refuse_if`: why poolx does not export the family (None: it does), and the config attribute and
       value the refusal is limited to (None: always).
@@ -72,6 +73,7 @@ class BackboneAdapter:
     padding_side: str = "right"
     optimizer_model_type: str = "bert"
     fusions: Fusions | None = field(default=None, hash=False)
+    fusions_extra: Callable[[Any], Mapping[str, int]] | None = field(default=None, hash=False, compare=False)
     causal: bool = False
     refuse: str | None = None
     refuse_if: tuple[str, Any] | None = None
@@ -150,11 +152,16 @@ class BackboneAdapter:
         return not any(str(k).startswith("pooler.") for k in missing_keys or ())
 
     # ---- onnxruntime's transformer optimizer -------------------------------------------------------------------
-    def expected_fusions(self, num_layers: int) -> dict[str, int] | None:
-        """The fused op counts `fuse` gives on this family's fp32 graph with `num_layers` layers (None: unknown)."""
+    def expected_fusions(self, num_layers: int, config: Any = None) -> dict[str, int] | None:
+        """The fused op counts `fuse` gives on this family's fp32 graph with `num_layers` layers, and with the
+        modules `config`'s options add, when it is given (None: unknown)."""
         if self.fusions is None:
             return None
-        return {op: per * num_layers + const for op, (per, const) in self.fusions.items()}
+        counts = {op: per * num_layers + const for op, (per, const) in self.fusions.items()}
+        if config is not None and self.fusions_extra is not None:
+            for op, n in self.fusions_extra(config).items():
+                counts[op] = counts.get(op, 0) + n
+        return counts
 
 
 BERT = BackboneAdapter("bert", ("bert",), token_type_ids=True, pooler_head=True, fusions=_BERT_FUSIONS)
@@ -165,10 +172,20 @@ ROBERTA = BackboneAdapter(
     fusions={"LayerNormalization": (0, 1), "Attention": (1, 0), "BiasGelu": (1, 0), "SkipLayerNormalization": (2, 0)},
 )
 DISTILBERT = BackboneAdapter("distilbert", ("distilbert",), token_type_ids=False, pooler_head=False, fusions=_BERT_FUSIONS)
+
+
+def _deberta_relative_norm(config: Any) -> dict[str, int]:
+    """DeBERTa-v3 (norm_rel_ebd "layer_norm", with relative attention) LayerNorms its relative position
+    embeddings: one more LayerNormalization."""
+    normed = "layer_norm" in str(getattr(config, "norm_rel_ebd", "none") or "none").lower()
+    return {"LayerNormalization": 1} if normed and getattr(config, "relative_attention", False) else {}
+
+
 # DeBERTa's disentangled attention is not fused; its LayerNorms and GELUs are.
 DEBERTA = BackboneAdapter(
     "deberta", ("deberta-v2", "deberta"), token_type_ids=True, pooler_head=False,
     fusions={"LayerNormalization": (0, 1), "BiasGelu": (1, 0), "SkipLayerNormalization": (2, 0)},
+    fusions_extra=_deberta_relative_norm,
 )
 # MPNet's relative position bias keeps its attention unfused, and its embedding LayerNorm becomes one more
 # SkipLayerNormalization (2L + 1). Its position ids count from a fixed padding_idx 1, whatever pad_token_id says.

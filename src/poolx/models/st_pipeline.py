@@ -84,10 +84,12 @@ class StPipeline:
     pooling_width: int | None = None  # the Pooling module's embedding_dimension (the backbone's hidden size)
 
     def describe(self) -> str:
-        steps = [f"Pooling({'+'.join(self.modes)})"] + [
-            f"Dense({d.in_features}->{d.out_features}, {d.activation})" for d in self.dense
-        ] + (["Normalize"] if self.normalize else [])
-        return " -> ".join(["Transformer", *steps])
+        """"Transformer -> Pooling(cls+mean) -> Dense(64->16, Tanh) -> Normalize"."""
+        return " -> ".join(["Transformer", f"Pooling({'+'.join(self.modes)})", *self.after_pooling()])
+
+    def after_pooling(self) -> list[str]:
+        return [f"Dense({d.in_features}->{d.out_features}, {d.activation})" for d in self.dense] + (
+            ["Normalize"] if self.normalize else [])
 
 
 def _read_json(path: Path) -> Any:
