@@ -739,7 +739,10 @@ class FakeEmbedder:
         self.calls: list[int] = []
         self.fail_on_call = fail_on_call
 
-    def embed(self, texts, batch_size=32, normalize=False, progress=None):
+    def prompt(self, name=None):
+        return ""
+
+    def embed(self, texts, batch_size=32, normalize=False, progress=None, prompt_name=None):
         if len(self.calls) == self.fail_on_call:
             raise KeyboardInterrupt
         self.calls.append(len(texts))

@@ -95,7 +95,7 @@ def test_model_directory_and_its_legacy_layout(tiny_models, tokenizer, tmp_path)
     poolx_json = json.loads((saved / "poolx.json").read_text())
     assert poolx_json == {"schema_version": 2, "pooling": {
         "name": "attention", "options": {"hidden_size": 6, "dropout": 0.1}, "num_labels": 2, "output_dim": 6,
-        "weights": HEAD_WEIGHTS,
+        "dense": [], "normalize": False, "weights": HEAD_WEIGHTS,
     }}
     expected = _outputs(model, tokenizer)
     _same(_outputs(PooledEncoder.from_pretrained(str(saved)), tokenizer), expected)
