@@ -70,7 +70,8 @@ DECODERS: dict[str, tuple[str, dict]] = {
 FIRST_TOKEN_POOLERS = [  # CLI arguments of every pooler that reads the first token
     ["--pooling", "cls"], ["--pooling", "weighted", "--layer-start", "1", "--token", "cls"],
     ["--pooling", "layer-cls", "--layer", "-1"], ["--pooling", "concat", "--layers", "-1,-2"],
-    ["--pooling", "lstm"], ["--pooling", "attention"], ["--pooling", "pooler"], ["--pooling", "st", "--modes", "cls,mean"],
+    ["--pooling", "lstm"], ["--pooling", "attention"], ["--pooling", "pooler"],
+    ["--pooling", "st", "--modes", "cls,mean"],
 ]
 
 runner = CliRunner()
@@ -156,9 +157,9 @@ def build(tmp_path_factory):
             if model_type in DECODERS:
                 style, extra = DECODERS[model_type]
                 tokenizer = bpe_tokenizer(style)
-                built[model_type] = save_tiny(
+                built[model_type] = save_tiny(  # no pad_token_id, as decoder configs ship: no embedding row is zero
                     model_type, root / model_type, tokenizer, **TINY, **extra, vocab_size=len(tokenizer),
-                    num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                    num_key_value_heads=2, max_position_embeddings=512, pad_token_id=None,
                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 )
             else:
@@ -167,6 +168,24 @@ def build(tmp_path_factory):
                     config = dict(ENCODERS[model_type], vocab_size=30522)
                 built[model_type] = save_tiny(model_type, root / model_type, minilm_tokenizer(), **config)
         return built[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def exported(build, tmp_path_factory):
+    """(model_type, pooling, optimize) -> its export (max_length MAX_LENGTH), made once per module on first use;
+    read only."""
+    root = tmp_path_factory.mktemp("exports")
+    made: dict[tuple, Path] = {}
+
+    def get(model_type: str, pooling: str, optimize: bool) -> Path:
+        key = (model_type, pooling, optimize)
+        if key not in made:
+            out = root / "-".join(map(str, key))
+            export(str(build(model_type)), out, pooling=pooling, optimize=optimize, max_length=MAX_LENGTH)
+            made[key] = out
+        return made[key]
 
     return get
 
@@ -227,34 +246,37 @@ def eager_vectors(directory: Path, pooling: str, texts) -> np.ndarray:
 
 
 @pytest.mark.parametrize("model_type,pooling,optimize", DECODER_CASES)
-def test_decoder_exports_verifies_and_embeds_like_eager(model_type, pooling, optimize, build, tmp_path):
+def test_decoder_exports_verifies_and_embeds_like_eager(model_type, pooling, optimize, build, exported):
+    from poolx.manifest import Manifest
     from poolx.runtime.embedder import Embedder
 
-    directory = build(model_type)
-    result = export(str(directory), tmp_path / "e", pooling=pooling, optimize=optimize, max_length=MAX_LENGTH)
+    directory, out = build(model_type), exported(model_type, pooling, optimize)
+    manifest = Manifest.read(out)
     adapter = adapter_for(model_type)
     assert adapter.family == model_type and adapter.padding_side == "right"
-    assert result.manifest.io.input_names == ["input_ids", "attention_mask"]
-    assert result.manifest.tokenizer["padding_side"] == "right"
-    assert result.manifest.graph["fusions"] == (adapter.expected_fusions(LAYERS) if optimize else None)
-    report = verify(tmp_path / "e", texts=TEXTS)
+    assert manifest.io.input_names == ["input_ids", "attention_mask"]
+    assert manifest.tokenizer["padding_side"] == "right"
+    assert manifest.graph["fusions"] == (adapter.expected_fusions(LAYERS) if optimize else None)
+    # TEXTS[0] is "", which a Qwen tokenizer turns into no tokens: the tokenizer check holds transformers' ids to
+    # the runtime's rule, and the comparisons run it as one attended pad token
+    report = verify(out, texts=TEXTS)
     assert report.passed, report.summary()
     assert report.outputs[0].max_abs < 1e-5
     # the runtime (sorted, batched, padded right) gives every text the vector eager PyTorch gives it alone
-    embedder = Embedder(tmp_path / "e", provider="cpu")
-    got = embedder.embed(list(TEXTS), batch_size=4)
+    embedder = Embedder(out, provider="cpu")
+    with pytest.warns(UserWarning, match="truncated"):
+        got = embedder.embed(list(TEXTS), batch_size=4)
     want = eager_vectors(directory, pooling, TEXTS)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_last_pooling_is_padding_invariant(build, tmp_path):
+def test_last_pooling_is_padding_invariant(exported):
     """A text's `last` vector alone and padded in a batch (to its longest text, and to max_length) is the same:
     right padding leaves its positions alone, and nothing real attends to the pad tokens."""
     from poolx.runtime.embedder import Embedder
 
-    export(str(build("qwen3")), tmp_path / "e", pooling="last", max_length=MAX_LENGTH)
-    embedder = Embedder(tmp_path / "e", provider="cpu")
+    embedder = Embedder(exported("qwen3", "last", False), provider="cpu")
     encoder = embedder.text_encoder
     short, long_ = VERIFY_TEXTS[2], VERIFY_TEXTS[18]
 
@@ -263,7 +285,7 @@ def test_last_pooling_is_padding_invariant(build, tmp_path):
 
     alone = run([short])[0]
     beside = run([short, long_])
-    assert run([short])[0].shape == (32,) and beside.shape == (2, 32)
+    assert alone.shape == (32,) and beside.shape == (2, 32) and encoder([short, long_])["attention_mask"][0, -1] == 0
     np.testing.assert_allclose(beside[0], alone, atol=1e-6)
     np.testing.assert_allclose(run([long_, short], pad_to=MAX_LENGTH)[1], alone, atol=1e-6)
     assert not np.allclose(beside[1], alone, atol=1e-3)  # the long text has a vector of its own
@@ -303,7 +325,7 @@ def test_pad_token_fallbacks():
         assert tok(["a", "longer text"], padding=True)["input_ids"][0][-1] == tok.pad_token_id
 
 
-def test_empty_text_is_one_attended_token_everywhere(build, tmp_path):
+def test_empty_text_is_one_attended_token_everywhere(build, exported):
     """A tokenizer that adds no special tokens turns "" into no tokens: the runtime makes it the pad token,
     attended, so `embed([""])` is a real vector (eager PyTorch's for that token), alone or beside other texts."""
     from transformers import AutoTokenizer
@@ -313,8 +335,7 @@ def test_empty_text_is_one_attended_token_everywhere(build, tmp_path):
 
     directory = build("qwen2")
     assert AutoTokenizer.from_pretrained(directory)("")["input_ids"] == []
-    export(str(directory), tmp_path / "e", pooling="mean", max_length=MAX_LENGTH)
-    embedder = Embedder(tmp_path / "e", provider="cpu")
+    embedder = Embedder(exported("qwen2", "mean", False), provider="cpu")
     pad = embedder.manifest.tokenizer["pad_token_id"]
     feeds = embedder.text_encoder([""])
     assert feeds["input_ids"].tolist() == [[pad]] and feeds["attention_mask"].tolist() == [[1]]
@@ -330,15 +351,6 @@ def test_empty_text_is_one_attended_token_everywhere(build, tmp_path):
     assert {k: v.tolist() for k, v in attend_empty_rows(empty, pad).items()} == {
         "input_ids": [[pad], [pad]], "attention_mask": [[1], [1]],
     }
-
-
-def test_verify_checks_the_empty_text_of_a_tokenizer_without_special_tokens(build, tmp_path):
-    """verify's default texts start with "": its tokenizer check and its comparisons hold the export of a Qwen
-    tokenizer (which turns "" into no tokens) to the same rule the runtime uses."""
-    export(str(build("qwen2")), tmp_path / "e", pooling="last", max_length=MAX_LENGTH)
-    report = verify(tmp_path / "e", texts=TEXTS)
-    assert TEXTS[0] == "" and report.passed, report.summary()
-    assert next(c for c in report.checks if c.name == "tokenizer").passed
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------
@@ -367,7 +379,15 @@ def tiny_refused(model_type: str, directory: Path, **config) -> Path:
     return save_tiny(model_type, directory, minilm_tokenizer(), vocab_size=30522, **TINY, **config)
 
 
-@pytest.mark.parametrize("case", ["longformer", "bigbird-block-sparse", "remote-code"])
+def with_auto_map(directory: Path, **changes) -> Path:
+    """The model directory's config.json naming its own code, as remote-code checkpoints do."""
+    config = json.loads((directory / "config.json").read_text())
+    config.update(auto_map={"AutoConfig": "configuration.CustomConfig", "AutoModel": "modeling.CustomModel"}, **changes)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("case", ["longformer", "bigbird-block-sparse", "remote-code", "remote-code-built-in-type"])
 def test_refused_up_front_with_one_line_and_nothing_written(case, tmp_path):
     directory = tmp_path / "model"
     if case == "longformer":
@@ -376,32 +396,33 @@ def test_refused_up_front_with_one_line_and_nothing_written(case, tmp_path):
     elif case == "bigbird-block-sparse":
         tiny_refused("big_bird", directory, attention_type="block_sparse", block_size=4, num_random_blocks=2)
         needles = ("block_sparse", "original_full")
-    else:  # a gte-v1.5-style checkpoint: its own model type and code, named by auto_map
-        tiny_refused("bert", directory)
-        config = json.loads((directory / "config.json").read_text())
-        config.update(model_type="new", architectures=["NewModel"],
-                      auto_map={"AutoConfig": "configuration.NewConfig", "AutoModel": "modeling.NewModel"})
-        (directory / "config.json").write_text(json.dumps(config))
-        needles = ("auto_map", "does not run code", "'new'")
+    elif case == "remote-code":  # gte-v1.5 style: a model type of its own, only in the repository's code
+        with_auto_map(tiny_refused("bert", directory), model_type="new", architectures=["NewModel"])
+        needles = ("auto_map: AutoConfig, AutoModel", "does not run code", "no built-in 'new' model")
+    else:  # jina-bert / gte-Qwen2 style: a built-in model type, but the repository's own code for it
+        with_auto_map(tiny_refused("bert", directory))
+        needles = ("auto_map", "does not run code", "remove auto_map")
+    # were transformers to prompt "run the custom code? [y/N]", it would read this y
     result = runner.invoke(app, ["export", str(directory), "-o", str(tmp_path / "e")], input="y\n")
     one_line_error(result, *needles)
     assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".*"))  # no staging directory left either
 
 
-def test_remote_code_config_of_a_built_in_model_type_loads_transformers_own(tmp_path):
-    """nomic-embed checkpoints carry auto_map but have a model type transformers implements: it loads with
-    transformers' own code (never the repository's), without a prompt."""
+def test_removing_auto_map_chooses_the_built_in_implementation(tmp_path):
+    """nomic-embed checkpoints name their own code but transformers implements nomic_bert: refused as they come,
+    loaded with transformers' own class once the user removes auto_map (never the repository's code)."""
+    from poolx.errors import ModelLoadError
     from poolx.models.loading import check_supported, load_backbone, resolve_source
 
-    directory = tiny_refused("nomic_bert", tmp_path / "m", max_position_embeddings=512)
-    config = json.loads((directory / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "configuration_hf_nomic_bert.NomicBertConfig",
-                          "AutoModel": "modeling_hf_nomic_bert.NomicBertModel"}
-    (directory / "config.json").write_text(json.dumps(config))
+    directory = with_auto_map(tiny_refused("nomic_bert", tmp_path / "m", max_position_embeddings=512))
     source = resolve_source(str(directory))
+    with pytest.raises(ModelLoadError, match="remove auto_map"):
+        load_backbone(source)
+    config = json.loads((directory / "config.json").read_text())
+    del config["auto_map"]
+    (directory / "config.json").write_text(json.dumps(config))
     assert check_supported(source).model_type == "nomic_bert"
-    model = load_backbone(source)
-    assert type(model).__module__.startswith("transformers.models.nomic_bert")
+    assert type(load_backbone(source)).__module__.startswith("transformers.models.nomic_bert")
 
 
 # ---- fusion of RMSNorm backbones --------------------------------------------------------------------------------
@@ -433,3 +454,17 @@ def test_onnxruntime_schemas_keep_the_checker_real():
     for model in (bad_inputs, bad_attribute, unknown):
         with pytest.raises(onnx.checker.ValidationError):
             onnx.checker.check_model(model, full_check=True)
+
+
+def test_optimize_below_opset_17_keeps_its_layernorm_checked(build, tmp_path):
+    """Below opset 17 onnx has no LayerNormalization, but the optimizer leaves RoBERTa's embedding norm one in the
+    ONNX domain (onnxruntime's own, since opset 1): the export registers that schema, passes the checker and the
+    exporter's parity gate."""
+    import onnx
+
+    result = export(str(build("roberta")), tmp_path / "e", pooling="mean", optimize=True, opset=14,
+                    max_length=MAX_LENGTH)
+    assert result.manifest.graph["fusions"]["LayerNormalization"] == 1
+    nodes = onnx.load(str(tmp_path / "e" / "model.onnx")).graph.node
+    assert any(n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx") for n in nodes)
+    assert onnx.defs.get_schema("LayerNormalization", 14, "").since_version == 1

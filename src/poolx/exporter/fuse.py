@@ -83,8 +83,11 @@ def register_onnxruntime_schemas(model: Any) -> list[str]:
         return []
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
 
+    schemas = getattr(ort_c, "get_all_operator_schema", None)  # a build without it: the checker says what it lacks
+    if schemas is None:
+        return []
     versions: dict[str, Any] = {}
-    for schema in ort_c.get_all_operator_schema():
+    for schema in schemas():
         if schema.domain == "" and schema.name in wanted and schema.since_version <= opset:
             if schema.name not in versions or schema.since_version > versions[schema.name].since_version:
                 versions[schema.name] = schema
@@ -108,14 +111,16 @@ def _onnx_schema(schema: Any, OpSchema: Any) -> Any:
 
     attributes = []
     for a in schema.attributes.values():
-        if a.required or not a._default_value:
-            attributes.append(OpSchema.Attribute(a.name, OpSchema.AttrType(int(a.type)), a.description, required=a.required))
+        default = a._default_value  # a serialized AttributeProto; empty when the attribute has no default
+        if a.required or not default:
+            kind = OpSchema.AttrType(int(a.type))
+            attributes.append(OpSchema.Attribute(a.name, kind, a.description, required=a.required))
         else:
-            attributes.append(OpSchema.Attribute(a.name, onnx.AttributeProto.FromString(a._default_value), a.description))
+            attributes.append(OpSchema.Attribute(a.name, onnx.AttributeProto.FromString(default), a.description))
+    constraints = [(t.type_param_str, list(t.allowed_type_strs), t.description) for t in schema.type_constraints]
     return OpSchema(
         schema.name, schema.domain, schema.since_version, schema.doc or "",
-        inputs=params(schema.inputs), outputs=params(schema.outputs),
-        type_constraints=[(t.type_param_str, list(t.allowed_type_strs), t.description) for t in schema.type_constraints],
+        inputs=params(schema.inputs), outputs=params(schema.outputs), type_constraints=constraints,
         attributes=attributes,
     )
 

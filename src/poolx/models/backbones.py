@@ -195,11 +195,11 @@ MPNET = BackboneAdapter(
 )
 ELECTRA = BackboneAdapter("electra", ("electra",), token_type_ids=True, pooler_head=False, fusions=_BERT_FUSIONS)
 # Rotary (RoPE) encoders: onnxruntime's BERT attention fusion does not match rotary attention, so their attention
-# stays unfused; their LayerNorms (or RMSNorms) and GELUs fuse. ModernBERT's first layer has no attention norm and
-# its embedding norm stays a LayerNormalization (2L SkipLayerNormalization + 1); NomicBERT and GTE are post-norm
-# (each layer's two norms follow a residual add, and the embedding norm joins them: 2L + 1), their MLPs gated
-# (NomicBERT's SwiGLU has no GELU to fuse). RoFormer's rotary positions are sinusoidal. EuroBERT is a Llama-style
-# bidirectional encoder: RMSNorm, so Simplified ops (see poolx.exporter.fuse), and no token_type_ids.
+# stays unfused; their LayerNorms (or RMSNorms) and GELUs fuse. ModernBERT's first layer has no attention norm, and
+# its embedding norm (no add before it) stays a LayerNormalization. NomicBERT, GTE and RoFormer norm after each
+# residual add (2L SkipLayerNormalization), and their embedding norm, after the token-type embedding's add, is one
+# more (2L + 1); NomicBERT's MLP is SwiGLU, with no GELU to fuse. EuroBERT is a Llama-style bidirectional encoder:
+# RMSNorm, so Simplified ops (see poolx.exporter.fuse), and no token_type_ids.
 MODERNBERT = BackboneAdapter(
     "modernbert", ("modernbert",), token_type_ids=False, pooler_head=False,
     fusions={"LayerNormalization": (0, 1), "Gelu": (1, 0), "SkipLayerNormalization": (2, 0)},
@@ -222,7 +222,9 @@ EUROBERT = BackboneAdapter("eurobert", ("eurobert",), token_type_ids=False, pool
 # attention in place, which is what the short tracing example does, so the graph would compute full attention.
 BIGBIRD = BackboneAdapter(
     "bigbird", ("big_bird",), token_type_ids=True, pooler_head=True,
-    fusions={"EmbedLayerNormalization": (0, 1), "Attention": (1, 0), "FastGelu": (1, 0), "SkipLayerNormalization": (2, 0)},
+    fusions={
+        "EmbedLayerNormalization": (0, 1), "Attention": (1, 0), "FastGelu": (1, 0), "SkipLayerNormalization": (2, 0),
+    },
     refuse=(
         "BigBird with attention_type 'block_sparse' is not exported: its attention picks random key blocks at run "
         "time and falls back to full attention, in place, for sequences shorter than its blocks (the tracing "
@@ -253,7 +255,9 @@ QWEN3 = BackboneAdapter(
     fusions={"SimplifiedLayerNormalization": (2, 1), "SkipSimplifiedLayerNormalization": (2, 0)},
 )
 LLAMA = BackboneAdapter("llama", ("llama",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS)
-MISTRAL = BackboneAdapter("mistral", ("mistral",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS)
+MISTRAL = BackboneAdapter(
+    "mistral", ("mistral",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS,
+)
 GEMMA = BackboneAdapter(
     "gemma", ("gemma",), token_type_ids=False, pooler_head=False, causal=True,
     fusions={"FastGelu": (1, 0), **_RMS_FUSIONS},

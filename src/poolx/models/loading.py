@@ -95,11 +95,12 @@ def check_supported(source: ModelSource) -> Any:
     """Refuse, in one line and before any weights, tokenizer or tracing, a model poolx must not or cannot export;
     returns its transformers config.
 
-    - Remote code: a config.json with `auto_map` whose `model_type` transformers does not implement needs the
-      repository's own Python code. transformers would stop at an interactive y/N prompt (or fail after a timeout
-      in a non-interactive run); poolx never runs that code, so it says so instead. When transformers has the
-      model type built in (e.g. nomic_bert, whose checkpoints also carry `auto_map`), transformers' own
-      implementation loads, as it does for anyone who does not pass trust_remote_code.
+    - Remote code: a config.json with `auto_map` names the repository's own Python classes. transformers would
+      stop at an interactive y/N prompt to run them (or fail after a timeout in a non-interactive run) when it
+      does not implement the model type, and silently use its built-in class when it does, which need not compute
+      what the repository's code computes (gte-Qwen2's code makes Qwen2 bidirectional; jina-bert's is ALiBi BERT
+      under model_type "bert"). poolx runs neither: it refuses, and when transformers has the model type built in
+      says how to choose that implementation knowingly (remove auto_map).
     - Families whose graph would not compute what the model computes (the backbone adapter's `refusal`:
       Longformer, BigBird's block-sparse attention)."""
     from poolx.models.backbones import adapter_for
@@ -116,13 +117,16 @@ def check_supported(source: ModelSource) -> Any:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
         model_type = raw.get("model_type")
-        if model_type not in CONFIG_MAPPING_NAMES:
-            named = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else "auto_map"
-            raise ModelLoadError(
-                f"{source.path} needs its own Python code (config.json's auto_map: {named}) and transformers has no "
-                f"built-in {model_type!r} model; poolx does not run code from a model repository (trust_remote_code), "
-                "so it cannot load it: export a model of a type transformers implements"
-            )
+        named = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else "auto_map"
+        choice = (
+            f"if transformers' built-in {model_type!r} model is the same model, remove auto_map from config.json to "
+            "export it with that"
+            if model_type in CONFIG_MAPPING_NAMES else f"transformers has no built-in {model_type!r} model"
+        )
+        raise ModelLoadError(
+            f"{source.path} needs its own Python code (config.json's auto_map: {named}); poolx does not run code from "
+            f"a model repository (trust_remote_code), so it does not load it; {choice}"
+        )
     from transformers import AutoConfig
 
     try:

@@ -2,12 +2,14 @@
 transformers import), with the manifest's max_length and padding, producing exactly the graph's inputs.
 
 Every text is at least one attended token. A tokenizer that adds no special tokens (Qwen2, Qwen3 and other
-decoder tokenizers) turns "" into no tokens at all: its row would be all padding, whose mean is 0/0 and whose
-last token does not exist, and a batch of only such texts would have length 0, which no graph runs. Such a text
-is the manifest's pad token, attended (attention mask 1): for those tokenizers the pad token is the
-end-of-text token, so the vector of "" is what the model makes of an end-of-text alone. `attend_empty_rows` is the
-rule, for the runtime (TextEncoder), verify and the exporter's gate (which feed TextEncoder's arrays to both the
-graph and eager PyTorch) alike."""
+decoder tokenizers) turns "" into no tokens at all: its row would be all padding, which no pooler has a vector
+for (the mean of nothing, the last of nothing), and a batch of only such texts would be 0 tokens long, which no
+graph runs. Such a text is the manifest's pad token, attended (attention mask 1). For those tokenizers the pad
+token is the end-of-text token (poolx.models.loading.ensure_pad_token gives one to a tokenizer that has none), so
+the vector of "" is what the model makes of an end-of-text alone. `attend_empty_rows` is the rule, for the runtime
+(TextEncoder), verify and the exporter's gate (which feed TextEncoder's arrays to the graph and to eager PyTorch
+alike) and for transformers' tokenizer output compared with it.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +28,7 @@ def attend_empty_rows(arrays: Mapping[str, np.ndarray], pad_id: int) -> dict[str
     of other rows are unchanged. Applied to transformers' tokenizer output, it gives what TextEncoder gives."""
     out = {name: np.asarray(a) for name, a in arrays.items()}
     mask = out["attention_mask"]
-    if mask.ndim != 2:
-        return out
-    if mask.shape[1] == 0:
+    if mask.shape[1] == 0:  # a batch of such texts only
         out = {name: np.zeros((a.shape[0], 1), dtype=a.dtype) for name, a in out.items()}
         if "input_ids" in out:
             out["input_ids"][:] = pad_id
