@@ -197,3 +197,17 @@ def test_the_packaged_minilm_exports_its_own_pipeline(minilm, tmp_path):
     got = Embedder(tmp_path / "e", "cpu").embed(texts)
     np.testing.assert_allclose(got, encode(minilm, texts), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+
+
+def test_triton_tokenizer_prepends_the_default_prompt(st_export, tmp_path):
+    from poolx.deploy.triton import write_triton_repo
+    from poolx.deploy.triton_tokenizer import encode as triton_encode
+    from poolx.deploy.triton_tokenizer import load
+
+    write_triton_repo(st_export, tmp_path / "repo", name="st")
+    tokenizer, settings = load(tmp_path / "repo" / "st_tokenizer" / "1")
+    assert settings["prompt"] == "query: "
+    embedder = Embedder(st_export, "cpu")
+    ours = triton_encode(tokenizer, TEXTS[:3], **settings)
+    ids = [e.ids for e in embedder.encode(TEXTS[:3])]  # the Embedder's tokens, default prompt included
+    assert [list(row[: len(i)]) for row, i in zip(ours["input_ids"], ids)] == ids

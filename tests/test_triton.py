@@ -180,7 +180,8 @@ def test_encode_is_text_encoder_plus_padding_to_the_multiple(exports, repos):
     manifest = Manifest.read(exports["plain"])
     reference = TextEncoder(exports["plain"], manifest)
     tokenizer, settings = load(repos["plain"] / "bert-mean_tokenizer/1")
-    assert settings == {"max_length": 64, "pad_id": 0, "input_names": manifest.io.input_names, "pad_multiple": 16}
+    assert settings == {"max_length": 64, "pad_id": 0, "input_names": manifest.io.input_names, "pad_multiple": 16,
+                        "prompt": ""}
     for texts in (list(VERIFY_TEXTS), [""], ["a", "Hello!"], [VERIFY_TEXTS[-1]]):
         check_padded(encode(tokenizer, texts, **settings), reference(texts), settings)
 

@@ -88,6 +88,7 @@ def tokenizer_files(directory: Path, manifest: Manifest) -> dict[str, Path | str
     settings = {
         "max_length": manifest.max_length, "pad_id": int(manifest.tokenizer["pad_token_id"]),
         "input_names": manifest.io.input_names, "pad_multiple": min(PAD_MULTIPLE, manifest.max_length),
+        "prompt": manifest.prompt(),  # the export's default prompt, prepended as the Embedder does
     }
     return {
         "model.py": Path(__file__).with_name("triton_tokenizer.py"),

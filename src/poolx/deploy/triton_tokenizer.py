@@ -1,6 +1,6 @@
 """The tokenizer model of a poolx Triton repository (Triton's Python backend): TEXT strings in, the graph's int64
 inputs out. `write_triton_repo` copies this file to NAME_tokenizer/1/model.py, next to tokenizer.json and
-poolx_tokenizer.json (max_length, pad_id, input_names, pad_multiple).
+poolx_tokenizer.json (max_length, pad_id, input_names, pad_multiple, prompt).
 
 Triton's server image has no poolx, so this file imports only numpy, json, pathlib, `tokenizers` (install it in
 the image) and Triton's `triton_python_backend_utils`. It tokenizes exactly as poolx's TextEncoder does (truncate
@@ -37,11 +37,12 @@ def load(directory: str | Path) -> tuple[Tokenizer, dict]:
 
 def encode(
     tokenizer: Tokenizer, texts: list[str], max_length: int, pad_id: int, input_names: list[str],
-    pad_multiple: int = 16,
+    pad_multiple: int = 16, prompt: str = "",
 ) -> dict[str, np.ndarray]:
-    """{input name: int64 (len(texts), length)}: the rows padded right with pad_id (mask 0) to the longest text
-    rounded up to a multiple of pad_multiple, and to at most max_length."""
-    encodings = tokenizer.encode_batch(list(texts))
+    """{input name: int64 (len(texts), length)}: the rows (each text after `prompt`, the export's default prompt)
+    padded right with pad_id (mask 0) to the longest text rounded up to a multiple of pad_multiple, and to at most
+    max_length."""
+    encodings = tokenizer.encode_batch([prompt + t for t in texts] if prompt else list(texts))
     longest = max((len(e.ids) for e in encodings), default=0)
     length = min(max(1, -(-longest // pad_multiple)) * pad_multiple, max(max_length, longest))
     arrays = {
