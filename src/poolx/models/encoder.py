@@ -111,12 +111,13 @@ class PooledEncoder(nn.Module):
         pipeline = None if source.is_poolx else read_pipeline(source.path)  # refusals before the weights load
         backbone = load_backbone(source)
         if pipeline is not None:
-            if pooling is None:
-                pooling, options = "st", {**options, "modes": list(pipeline.modes)}
+            if pooling is None:  # the directory's Pooling step, unless --modes names others
+                pooling, options = "st", {"modes": list(pipeline.modes), **options}
+            replaced = pooling != "st" or options.get("modes") != list(pipeline.modes)
             encoder = cls.from_backbone(
                 backbone, pooling, num_labels, seed, pipeline.dense, pipeline.normalize or normalize, **options,
             )
-            encoder.st_pipeline, encoder.pooling_replaced = pipeline, pooling != "st" or options.get("modes") != list(pipeline.modes)
+            encoder.st_pipeline, encoder.pooling_replaced = pipeline, replaced
             return encoder
         if not source.is_poolx:
             return cls.from_backbone(backbone, pooling or "mean", num_labels, seed, normalize=normalize, **options)
