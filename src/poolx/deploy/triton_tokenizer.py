@@ -55,6 +55,8 @@ def encode(
         arrays["input_ids"][row, :n] = enc.ids
         arrays["attention_mask"][row, :n] = enc.attention_mask
         arrays["token_type_ids"][row, :n] = enc.type_ids
+        if n == 0:  # a text of no tokens is the pad token, attended (poolx.runtime.tokenizer.attend_empty_rows)
+            arrays["attention_mask"][row, 0] = 1
     return {name: arrays[name] for name in input_names}
 
 

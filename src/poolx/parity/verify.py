@@ -147,13 +147,16 @@ def check_tokenizer(directory: Path, manifest: Manifest, text_encoder: Any, text
     """The runtime's tokenizer (tokenizers + tokenizer.json) gives the ids transformers' tokenizer gives."""
     from transformers import AutoTokenizer
 
+    from poolx.runtime.tokenizer import attend_empty_rows
+
     try:
-        reference = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        reference = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # transformers raises OSError/ValueError/... for broken tokenizer files
         raise BrokenExportError(f"the tokenizer files in {directory} cannot be loaded ({type(e).__name__}); re-export") from None
     reference.padding_side = "right"
     got = text_encoder(texts)
     ref = reference(list(texts), padding=True, truncation=True, max_length=manifest.max_length, return_tensors="np")
+    ref = attend_empty_rows(dict(ref), int(manifest.tokenizer["pad_token_id"]))  # the runtime's rule for no tokens
     bad = [n for n in got if n in ref and not np.array_equal(got[n], ref[n])]
     detail = "ids match transformers' tokenizer" if not bad else f"{', '.join(bad)} differ from transformers' tokenizer"
     return Check("tokenizer", not bad, detail)

@@ -104,8 +104,9 @@ class Embedder:
     ) -> np.ndarray:
         """(len(texts), width) float32, row i for texts[i]. The export's default prompt, or `prompt_name`, is
         prepended to each text (see `prompt`). Texts longer than max_length are truncated (counted in
-        `.truncated`, warned about once per Embedder); an empty string is embedded as the model sees it (only the
-        special tokens). Vectors are unit length when the export normalizes (`.normalized`) or `normalize` is set.
+        `.truncated`, warned about once per Embedder); an empty string is embedded as the model sees it (its
+        special tokens; with a tokenizer that adds none, the pad token, attended). Vectors are unit length when
+        the export normalizes (`.normalized`) or `normalize` is set.
         `progress(n)` is called after each batch with the number of texts it held."""
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not one string; wrap it: embed([text])")
