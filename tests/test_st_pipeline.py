@@ -187,18 +187,6 @@ def test_normalize_flag_puts_unit_vectors_in_any_export(tiny_models, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
 
 
-@pytest.mark.slow
-def test_the_packaged_minilm_exports_its_own_pipeline(minilm, tmp_path):
-    """all-MiniLM-L6-v2 as packaged: Transformer -> Pooling(mean) -> Normalize, with no --pooling."""
-    export(None, tmp_path / "e")
-    m = Manifest.read(tmp_path / "e")
-    assert m.source["sentence_transformers"]["pipeline"] == "Transformer -> Pooling(mean) -> Normalize"
-    texts = TEXTS + ["word " * 400]  # truncated at 256 tokens on both sides
-    got = Embedder(tmp_path / "e", "cpu").embed(texts)
-    np.testing.assert_allclose(got, encode(minilm, texts), atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
-
-
 def test_triton_tokenizer_prepends_the_default_prompt(st_export, tmp_path):
     from poolx.deploy.triton import write_triton_repo
     from poolx.deploy.triton_tokenizer import encode as triton_encode
