@@ -206,3 +206,46 @@ def test_verify_refuses_providers_that_would_fall_back(tiny_models, tmp_path):
 def test_target_alone_is_refused():
     with pytest.raises(UsageError, match="--target only changes"):
         Variant.resolve(target="cuda")
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["uint8-weights", "int8-weights"])
+def test_int8_graph_is_onnxruntimes_quantizer_graph_bit_for_bit(signed, tiny_models, tmp_path):
+    """poolx quantizes the weights itself (vectorized) but writes what onnxruntime's `quantize_dynamic` writes: the
+    same quantized weights, scales and zero points, the same node set, and the same outputs to the bit. One
+    difference, on purpose: a head (a Gemm) stays fp32; quantize_dynamic turned it into MatMul + Add and quantized
+    it although its node was excluded."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from poolx.exporter.quantize import FP32_PREFIXES, quantize_matmuls
+    from poolx.parity.texts import VERIFY_TEXTS
+    from poolx.runtime.tokenizer import TextEncoder
+
+    export(str(tiny_models["bert"]), tmp_path / "e", pooling="attention")
+    graph = tmp_path / "e" / "model.onnx"
+    model = onnx.load(str(graph))
+    excluded = [n.name for n in model.graph.node if n.name.startswith(FP32_PREFIXES)]
+    quantize_dynamic(str(graph), str(tmp_path / "ort.onnx"), per_channel=True, op_types_to_quantize=["MatMul"],
+                     weight_type=QuantType.QInt8 if signed else QuantType.QUInt8, nodes_to_exclude=excluded)
+    ours, theirs = quantize_matmuls(model, set(excluded), signed), onnx.load(str(tmp_path / "ort.onnx"))
+    onnx.save(ours, str(tmp_path / "ours.onnx"))
+    weights = {t.name: numpy_helper.to_array(t) for t in ours.graph.initializer}
+    for t in theirs.graph.initializer:
+        assert weights[t.name].dtype == numpy_helper.to_array(t).dtype
+        np.testing.assert_array_equal(weights[t.name], numpy_helper.to_array(t), err_msg=t.name)
+    assert len(weights) == len(theirs.graph.initializer)
+    nodes = lambda m: sorted((n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node)  # noqa: E731
+    assert nodes(ours) == nodes(theirs)
+    assert sum(n.op_type == "MatMulInteger" for n in ours.graph.node) == 24  # 4 layers x (Q, K, V, O, up, down)
+    feeds = TextEncoder(tmp_path / "e", Manifest.read(tmp_path / "e"))(VERIFY_TEXTS[:8])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    run = lambda p: ort.InferenceSession(str(p), options).run(None, feeds)  # noqa: E731
+    for a, b in zip(run(tmp_path / "ours.onnx"), run(tmp_path / "ort.onnx")):
+        np.testing.assert_array_equal(a, b)
+    export(str(tiny_models["bert"]), tmp_path / "h", pooling="mean", num_labels=2)
+    headed = onnx.load(str(tmp_path / "h" / "model.onnx"))
+    quantized = quantize_matmuls(headed, {n.name for n in headed.graph.node if n.name.startswith(FP32_PREFIXES)}, signed)
+    assert [n.op_type for n in quantized.graph.node if n.name.startswith("/head/")] == ["Gemm"]

@@ -1,5 +1,8 @@
-"""int8 for the CPU: onnxruntime's dynamic quantizer on the backbone's MatMuls, per-channel weights, after a
-SmoothQuant-style rescaling that moves activation outliers into the weights.
+"""int8 for the CPU: onnxruntime's dynamic-quantization graph on the backbone's MatMuls (DynamicQuantizeLinear +
+MatMulInteger, per-channel weights), after a SmoothQuant-style rescaling that moves activation outliers into the
+weights. The graph is the one `onnxruntime.quantization.quantize_dynamic` writes, bit for bit (tested), built here
+with the weights quantized in vectorized numpy: its Python loop over every output channel took most of an int8
+export's time, once per rescaling exponent tried.
 
 Why the rescaling: transformer activations carry a few outlier channels (all-MiniLM-L6-v2: channel 99 of the
 LayerNorm outputs reaches ~30 while the rest stay below ~3). Dynamic quantization gives each activation tensor one
@@ -49,7 +52,7 @@ class QuantizeResult:
     def to_json(self) -> dict[str, Any]:
         kind = "symmetric QInt8" if self.signed_weights else "asymmetric QUInt8 (this CPU has no VNNI)"
         return {
-            "method": f"onnxruntime dynamic quantization: int8 MatMuls, per-channel {kind} weights, "
+            "method": f"dynamic quantization (onnxruntime's graph): int8 MatMuls, per-channel {kind} weights, "
             "per-tensor uint8 activations, after SmoothQuant-style per-channel rescaling",
             "weights": "int8" if self.signed_weights else "uint8", "alpha": self.alpha, "calibration_min_cosine": round(self.calibration_cosine, 6),
             "quantized_matmuls": self.quantized, "kept_fp32": self.kept_fp32, "alphas_tried": self.tried,
@@ -253,18 +256,87 @@ def has_vnni() -> bool:
 
 
 def _quantize(model: Any, target: Path, work: Path, keep_fp32: Sequence[str] = ()) -> None:
+    """Write the int8 graph of `model` to `target`: the graph onnxruntime's dynamic quantizer (`quantize_dynamic`,
+    per-channel, MatMul only) writes, built here with the weights quantized in vectorized numpy (`quantize_matmuls`)
+    instead of its Python loop over every output channel, which took most of an int8 export's time."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    staged = work / "smoothed.onnx"
-    onnx.save_model(model, str(staged))
-    excluded = [n.name for n in model.graph.node if n.name.startswith(FP32_PREFIXES)] + list(keep_fp32)
-    with quiet():
-        quantize_dynamic(
-            str(staged), str(target), per_channel=True,
-            weight_type=QuantType.QInt8 if has_vnni() else QuantType.QUInt8,  # see has_vnni
-            op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
-        )
+    excluded = {n.name for n in model.graph.node if n.name.startswith(FP32_PREFIXES)} | set(keep_fp32)
+    onnx.save_model(quantize_matmuls(model, excluded, signed=has_vnni()), str(target))
+
+
+def quantize_weight(weight: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quantized weight, scale, zero point) per output column of a (K, N) float32 weight, exactly as onnxruntime's
+    quantizer computes them (`compute_scale_zp`, `quantize_nparray`): symmetric int8 in [-127, 127] with zero point
+    0 when `signed`, else asymmetric uint8 over [min(0, w), max(0, w)]; a column of zeros gets scale 1."""
+    rmin = np.minimum(weight.min(axis=0), 0.0).astype(np.float32)
+    rmax = np.maximum(weight.max(axis=0), 0.0).astype(np.float32)
+    if signed:
+        qmin, qmax, dtype = -127, 127, np.int8
+        rmax = np.maximum(np.abs(rmin), np.abs(rmax))
+        rmin = -rmax
+    else:
+        qmin, qmax, dtype = 0, 255, np.uint8
+    scale64 = (rmax.astype(np.float64) - rmin.astype(np.float64)) / float(qmax - qmin)
+    degenerate = scale64 < np.finfo(np.float32).tiny
+    scale64 = np.where(degenerate, 1.0, scale64)
+    if signed:
+        zero = np.zeros_like(scale64)
+    else:
+        zero = np.where(degenerate, 0.0, np.round(qmin - rmin.astype(np.float64) / scale64))
+    scale = scale64.astype(np.float32)
+    quantized = np.clip(np.round(weight / scale) + zero.astype(np.float32), qmin, qmax).astype(dtype)
+    return quantized, scale, zero.astype(dtype)
+
+
+def quantize_matmuls(model: Any, excluded: set[str], signed: bool) -> Any:
+    """A copy of `model` with every MatMul by a 2-D constant weight (outside `excluded`) made dynamic int8:
+    DynamicQuantizeLinear on its input (one per input tensor, shared by the MatMuls that read it), MatMulInteger
+    with the per-column quantized weight, Cast to float and Mul by input scale x weight scale: the node pattern
+    onnxruntime's quantizer writes and its session fuses (MatMulIntegerToFloat / DynamicQuantizeMatMul)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    try:  # shapes of the fp32 graph's tensors, as onnxruntime's quantizer records them (its session fuses by them)
+        out = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a graph over protobuf's 2 GB: the same nodes, fused by the session without the hints
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    initializers = {t.name: t for t in out.graph.initializer}
+    dynamic: dict[str, tuple[str, str, str]] = {}  # input -> its quantized, scale and zero-point names
+    replaced: set[str] = set()
+    nodes = []
+    for node in out.graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2 or node.name in excluded:
+            nodes.append(node)
+            continue
+        x, w, y = node.input[0], node.input[1], node.output[0]
+        if x not in dynamic:
+            dynamic[x] = (f"{x}_quantized", f"{x}_scale", f"{x}_zero_point")
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(dynamic[x]), name=f"{x}_QuantizeLinear"))
+        xq, xs, xz = dynamic[x]
+        if w not in replaced:
+            q, scale, zero = quantize_weight(numpy_helper.to_array(weight).astype(np.float32), signed)
+            out.graph.initializer.extend([
+                numpy_helper.from_array(q, f"{w}_quantized"), numpy_helper.from_array(scale, f"{w}_scale"),
+                numpy_helper.from_array(zero, f"{w}_zero_point"),
+            ])
+            replaced.add(w)
+        scales, integer, cast = f"{node.name}_quant_scales_mul:0", f"{y}_output_quantized", f"{y}_output_quantized_cast_output"
+        nodes += [
+            helper.make_node("Mul", [xs, f"{w}_scale"], [scales], name=f"{node.name}_quant_scales_mul"),
+            helper.make_node("MatMulInteger", [xq, f"{w}_quantized", xz, f"{w}_zero_point"], [integer], name=f"{node.name}_quant"),
+            helper.make_node("Cast", [integer], [cast], name=f"{node.name}_quant_output_scale_mul_cast", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [cast, scales], [y], name=f"{node.name}_quant_output_scale_mul"),
+        ]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    still_used = {i for n in out.graph.node for i in n.input}
+    kept = [t for t in out.graph.initializer if t.name not in replaced or t.name in still_used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    return out
 
 
 def _batches(encode: Encode, texts: Sequence[str]) -> list[dict[str, np.ndarray]]:
