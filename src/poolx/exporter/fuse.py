@@ -137,7 +137,7 @@ def to_fp16(optimized: Any) -> int:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """onnxruntime's optimizer and quantizer log per node and warn about model producers; keep the CLI clean."""
+    """onnxruntime's optimizer logs per node and warns about model producers; keep the CLI clean."""
     loggers = [logging.getLogger(), logging.getLogger("onnxruntime"), logging.getLogger("onnxruntime.transformers")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

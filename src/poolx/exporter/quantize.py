@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from poolx.errors import ExportError
-from poolx.exporter.fuse import quiet
 from poolx.parity.runners import OnnxRunner, Outputs, compare_runs
 from poolx.spec import BATCH, TensorSpec
 from poolx.variants import INT8
@@ -94,7 +93,7 @@ def quantize_int8(
             attempts += 1
             path = work / f"candidate-{attempts}.onnx"  # kept, so the winner need not be quantized again
             smoothed = _smoothed(model, groups, weights, amax, dict.fromkeys(groups, alpha))
-            _quantize(smoothed, path, work, [model.graph.node[i].name for t in kept for i in groups[t]])
+            _quantize(smoothed, path, [model.graph.node[i].name for t in kept for i in groups[t]])
             return _min_cosine(_run(path, output, batches), reference, output), path
 
         candidates = {alpha: attempt(alpha, []) for alpha in alphas}
@@ -255,7 +254,7 @@ def has_vnni() -> bool:
     return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def _quantize(model: Any, target: Path, work: Path, keep_fp32: Sequence[str] = ()) -> None:
+def _quantize(model: Any, target: Path, keep_fp32: Sequence[str] = ()) -> None:
     """Write the int8 graph of `model` to `target`: the graph onnxruntime's dynamic quantizer (`quantize_dynamic`,
     per-channel, MatMul only) writes, built here with the weights quantized in vectorized numpy (`quantize_matmuls`)
     instead of its Python loop over every output channel, which took most of an int8 export's time."""

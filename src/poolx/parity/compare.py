@@ -136,12 +136,6 @@ def min_cosine(got: np.ndarray, ref: np.ndarray, batch_axis: int = 0) -> float:
     return float(row_cosines(got, ref, batch_axis).min()) if np.asarray(got).size else 1.0
 
 
-def relative_l2(got: np.ndarray, ref: np.ndarray) -> float:
-    """||got - ref|| / ||ref|| over the whole array, summed in float64 (inf when ref is zero and got is not)."""
-    ref = np.asarray(ref, dtype=np.float32)
-    return _ratio(_norm(np.subtract(np.asarray(got, dtype=np.float32), ref)), _norm(ref))
-
-
 def _norm(x: np.ndarray) -> float:
     """The L2 norm, squares summed in float64 without a float64 copy of `x`."""
     flat = np.ascontiguousarray(x).reshape(-1)
