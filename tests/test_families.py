@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import minilm_path
+from conftest import tiny_tokenizer
 from poolx.cli import app
 from poolx.exporter.export import export
 from poolx.models.backbones import GENERIC, adapter_for
@@ -28,7 +28,7 @@ MAX_LENGTH = 32  # 2-token texts to truncated ones, at a fraction of the default
 # verify's texts here: the empty text, one token, short and multilingual ones, and one far beyond MAX_LENGTH
 TEXTS = (*VERIFY_TEXTS[:4], VERIFY_TEXTS[9], VERIFY_TEXTS[10], VERIFY_TEXTS[18])
 
-# model_type -> config beyond TINY (the MiniLM tokenizer's 30522-token vocabulary, pad id 0). The families' own
+# model_type -> config beyond TINY (vocabulary: conftest.tiny_tokenizer's, pad id 0). The families' own
 # defaults are kept where they matter: DeBERTa-v3's relative attention, ModernBERT's alternating sliding-window
 # layers (a 16-token window, narrower than MAX_LENGTH), BigBird with full attention.
 ENCODERS: dict[str, dict] = {
@@ -120,12 +120,6 @@ def save_tiny(model_type: str, directory: Path, tokenizer, **config) -> Path:
     return directory
 
 
-def minilm_tokenizer():
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    tokenizer.model_max_length = 128
-    return tokenizer
 
 
 def bpe_tokenizer(style: str):
@@ -173,10 +167,11 @@ def build(tmp_path_factory):
                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 )
             else:
-                config = dict(TINY, vocab_size=30522, **ENCODERS[model_type])
+                tokenizer = tiny_tokenizer()
+                config = dict(TINY, vocab_size=len(tokenizer), **ENCODERS[model_type])
                 if model_type == "distilbert":
-                    config = dict(ENCODERS[model_type], vocab_size=30522)
-                built[model_type] = save_tiny(model_type, root / model_type, minilm_tokenizer(), **config)
+                    config = dict(ENCODERS[model_type], vocab_size=len(tokenizer))
+                built[model_type] = save_tiny(model_type, root / model_type, tokenizer, **config)
         return built[model_type]
 
     return get
@@ -322,7 +317,7 @@ def test_pad_token_fallbacks():
     """eos, else unk, else bos, else the vocabulary's token 0; a tokenizer with a pad token keeps it."""
     from poolx.models.loading import ensure_pad_token
 
-    assert ensure_pad_token(minilm_tokenizer()) is None  # [PAD] stays
+    assert ensure_pad_token(tiny_tokenizer()) is None  # [PAD] stays
     for kept, want in ((("bos_token", "unk_token", "eos_token"), "</s>"), (("bos_token", "unk_token"), "<unk>"),
                        (("bos_token",), "<s>"), ((), None)):
         tok = bpe_tokenizer("llama")
@@ -386,7 +381,8 @@ def test_decoder_families_are_causal_and_encoders_are_not():
 
 
 def tiny_refused(model_type: str, directory: Path, **config) -> Path:
-    return save_tiny(model_type, directory, minilm_tokenizer(), vocab_size=30522, **TINY, **config)
+    tokenizer = tiny_tokenizer()
+    return save_tiny(model_type, directory, tokenizer, vocab_size=len(tokenizer), **TINY, **config)
 
 
 def with_auto_map(directory: Path, **changes) -> Path:

@@ -69,10 +69,11 @@ def test_pooling_config_validation(data, message):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(minilm):
+def tokenizer(tiny_models):
+    """The tiny models' tokenizer (all-MiniLM-L6-v2's on a smaller vocabulary: conftest.tiny_tokenizer)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(minilm)
+    return AutoTokenizer.from_pretrained(tiny_models["bert"])
 
 
 def _outputs(encoder, tokenizer):

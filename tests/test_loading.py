@@ -3,10 +3,7 @@ that lack weights poolx would otherwise fill with random numbers."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -14,21 +11,27 @@ from poolx.errors import ModelLoadError, UsageError
 from poolx.models import PooledEncoder
 
 
-def test_hub_id_from_the_local_cache(tiny_models, tmp_path):
-    """A cache laid out as huggingface_hub writes it (models--org--name/snapshots/<rev>, refs/main), used by the
-    real console script with HF_HUB_CACHE pointing at it and the hub offline, then verified."""
+def test_hub_id_from_the_local_cache(tiny_models, tmp_path, monkeypatch):
+    """A cache laid out as huggingface_hub writes it (models--org--name/snapshots/<rev>, refs/main), found by the
+    command line with HF_HUB_CACHE pointing at it and the hub offline, then verified. (In the test process:
+    huggingface_hub reads HF_HUB_CACHE once, at import, so the constant it read is pointed there as well.)"""
+    import huggingface_hub.constants
+    from typer.testing import CliRunner
+
+    from poolx.cli import app
+
     repo = tmp_path / "cache" / "models--someone--tiny-bert"
     revision = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(tiny_models["bert"], repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     out = tmp_path / "export"
-    done = subprocess.run(
-        [sys.executable, "-m", "poolx", "export", "someone/tiny-bert", "-p", "cls", "-o", str(out)],
-        capture_output=True, text=True, env=env,
-    )
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(app, ["export", "someone/tiny-bert", "-p", "cls", "-o", str(out)])
+    assert done.exit_code == 0, done.output
     assert "exported someone/tiny-bert" in done.stdout
     from poolx.parity.texts import VERIFY_TEXTS
     from poolx.parity.verify import verify

@@ -24,10 +24,11 @@ CASES = [(p, a) for p in list_poolers() for a in ARCHITECTURES if applies(p, a)]
 
 
 @pytest.fixture(scope="module")
-def tokenizer(minilm):
+def tokenizer(tiny_models):
+    """The tiny models' tokenizer (all-MiniLM-L6-v2's on a smaller vocabulary: conftest.tiny_tokenizer)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(minilm)
+    return AutoTokenizer.from_pretrained(tiny_models["bert"])
 
 
 @pytest.fixture(scope="module")

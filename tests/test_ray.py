@@ -35,7 +35,7 @@ ROWS = 4_000  # 4 Parquet row groups, 4 blocks of 1,024 (16 of 250 in the kill t
 ACTOR_TITLE = b"ray::MapWorker(MapBatches(_EmbedBatches))"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster(ray_cluster):
     return ray_cluster
 

@@ -120,13 +120,15 @@ def test_32_concurrent_clients_zero_errors_same_numbers_merged_batches(server, r
     expected = reference(texts)
     before = _metric(server, "poolx_batch_texts_count")
 
-    def call(i: int) -> tuple[int, int, list]:
-        with httpx.Client(headers=AUTH, timeout=60) as c:
+    # 32 threads on one client whose pool holds 32 connections: 32 requests in flight at once (a client per
+    # request would spend the test's CPU on building 320 clients).
+    with httpx.Client(headers=AUTH, timeout=60, limits=httpx.Limits(max_connections=32)) as c:
+        def call(i: int) -> tuple[int, int, list]:
             r = c.post(f"{server}/v1/embeddings", json={"input": [texts[i]], "encoding_format": "float"})
             return i, r.status_code, r.json()["data"][0]["embedding"] if r.status_code == 200 else r.text
 
-    with ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(call, range(len(texts))))
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(call, range(len(texts))))
     assert [s for _, s, _ in results] == [200] * len(texts)
     got = np.array([e for _, _, e in sorted(results)], dtype=np.float32)
     np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -6,6 +6,7 @@ tiny BERT with `sentence_transformers.models`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -20,7 +21,8 @@ from poolx.parity.texts import VERIFY_TEXTS
 from poolx.parity.verify import verify
 from poolx.runtime.embedder import Embedder
 
-st = pytest.importorskip("sentence_transformers")
+# Imported where used: a module-level import (~3 s) would be paid at collection by every xdist worker.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None, reason="sentence-transformers is not installed")
 TEXTS = ["A man is playing a guitar.", "", "Ein Mann spielt Gitarre.", "x", "word " * 90, "naïve café 你好"]
 ST_VS_ONNX = "sentence_embedding vs SentenceTransformer.encode"
 

@@ -383,10 +383,15 @@ def test_pbtxt_writer_matches_protobufs_own_text_format():
 
 
 def test_cli_writes_the_repo_and_refuses_an_existing_one_in_one_line(exports, tiny_models, tmp_path):
-    import subprocess
+    """The command in the test process (Typer's runner: the same parsing, library calls and error mapping as the
+    installed script, which tests/test_cli.py runs as a subprocess)."""
+    from typer.testing import CliRunner
 
-    def poolx(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "poolx.cli", *args], capture_output=True, text=True, timeout=300)
+    from poolx.cli import app
+
+    def poolx(*args: str) -> types.SimpleNamespace:
+        result = CliRunner().invoke(app, list(args))
+        return types.SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
     repo = tmp_path / "repo"
     result = poolx("triton", str(exports["plain"]), str(repo), "--name", "minilm")
