@@ -172,3 +172,14 @@ def pytest_collection_modifyitems(items):
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    """An xdist worker's exit is on the run's critical path (the controller waits for each worker process to end),
+    and the interpreter's final garbage collection over a worker's torch, transformers and onnxruntime objects took
+    seconds. Everything left now lives until the process ends, so the collector is told to skip it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import gc
+
+        gc.freeze()
