@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2 on 2 cores: one thread per worker for torch and onnxruntime
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # transformers loads a checkpoint's tensors through a pool of 4 threads: on a worker that has one core, ~20 ms
+    # of thread hand-offs per tiny model load, and the suite loads several hundred
+    os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
     import poolx.runtime.session as _session
 
     _create_session = _session.create_session
@@ -172,6 +175,15 @@ def pytest_collection_modifyitems(items):
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session):
+    """Fewer garbage collections on a worker: its full collections walked torch's, transformers' and the loaded
+    models' objects again and again (~2 s per worker on the export tests; ~0.8 s with these thresholds)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import gc
+
+        gc.set_threshold(50_000, 20, 20)
 
 
 @pytest.hookimpl(trylast=True)
