@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random backbones of four architectures built offline from configs (saved as real model
-directories, with the packaged MiniLM's tokenizer), and the real packaged all-MiniLM-L6-v2."""
+directories, with the packaged MiniLM's tokenizer on a smaller vocabulary: `tiny_tokenizer`), and the real packaged
+all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
