@@ -11,14 +11,16 @@ import pytest
 
 from poolx.errors import BrokenExportError, ProviderUnavailableError, UsageError
 from poolx.manifest import MANIFEST, Manifest
-from poolx.providers import CPU, CUDA, PROVIDERS, TENSORRT, ShapeProfile, get_provider
+from poolx.providers import CPU, CUDA, OPENVINO, PROVIDERS, TENSORRT, ShapeProfile, get_provider
 from poolx.variants import FP16, FP32, INT8, PRECISIONS, Variant, bench_variants
 
 
 def test_every_provider_is_described_once():
-    assert set(PROVIDERS) == {"cpu", "cuda", "tensorrt"}
+    assert set(PROVIDERS) == {"cpu", "cuda", "tensorrt", "openvino"}
     assert get_provider("cuda") is CUDA and get_provider(CUDA) is CUDA
-    with pytest.raises(UsageError, match="unknown provider 'gpu'; choose auto, cpu, cuda, tensorrt"):
+    assert {p.runtime for p in PROVIDERS.values()} == {"onnxruntime", "openvino"}
+    assert [p.name for p in PROVIDERS.values() if p.runtime == "openvino"] == ["openvino"]
+    with pytest.raises(UsageError, match="unknown provider 'gpu'; choose auto, cpu, cuda, tensorrt, openvino"):
         get_provider("gpu")
     assert (CPU.gpu, CUDA.gpu, TENSORRT.gpu) == (False, True, True)
     assert (CPU.io_device, CUDA.io_device, TENSORRT.io_device) == (None, "cuda", "cuda")
@@ -53,7 +55,7 @@ def test_precisions_hold_their_bounds_targets_and_providers():
 
 
 @pytest.mark.parametrize("variant,runs_on,label,name", [
-    (Variant(), (CPU, CUDA, TENSORRT), "fp32", "fp32"),
+    (Variant(), (CPU, CUDA, TENSORRT, OPENVINO), "fp32", "fp32"),
     (Variant(FP32, True, CPU), (CPU, CUDA), "fp32 optimized for cpu", "fp32-optimized"),
     (Variant(FP32, True, CUDA), (CPU, CUDA), "fp32 optimized for cuda", "fp32-optimized-cuda"),
     (Variant(FP16, True, CUDA), (CPU, CUDA), "fp16 optimized for cuda", "fp16-cuda"),

@@ -12,6 +12,10 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+PROVIDER_HELP = (
+    "auto (CUDA if available; else OpenVINO where it is installed and the CPU has bf16; else the CPU), cpu, cuda, "
+    "tensorrt or openvino (poolx[openvino])."
+)
 app = typer.Typer(
     name="poolx",
     help="Export a Hugging Face encoder plus a pooling head as one ONNX graph, and prove it computes what "
@@ -216,8 +220,8 @@ def verify(
         help="Least row-wise cosine against eager fp32. Default: none for fp32, 0.999 for fp16, 0.99 for int8.",
         show_default=False)] = None,
     provider: Annotated[Optional[str], typer.Option(
-        help="onnxruntime provider: cpu, cuda or tensorrt. Default: the graph's target (cuda for fp16) when "
-        "available, else cpu.", show_default=False)] = None,
+        help="cpu, cuda, tensorrt (onnxruntime) or openvino (bf16 where the CPU has it, held to min cosine 0.999). "
+        "Default: the graph's target (cuda for fp16) when available, else cpu.", show_default=False)] = None,
     texts: Annotated[Optional[Path], typer.Option(
         help="Also verify on your own texts: a UTF-8 file, one text per line (the first 100 non-blank lines "
         "are used).")] = None,
@@ -310,7 +314,7 @@ def embed(
         "to a temporary file and moved into place only when complete.", show_default=False)] = None,
     column: Annotated[str, typer.Option(help="The text column of a .jsonl/.csv/.tsv/.parquet input.")] = "text",
     id_column: Annotated[Optional[str], typer.Option(help="A column of unique ids to carry into .parquet/.jsonl output.")] = None,
-    provider: Annotated[str, typer.Option(help="auto (CUDA if available, else CPU), cpu, cuda or tensorrt.")] = "auto",
+    provider: Annotated[str, typer.Option(help=PROVIDER_HELP)] = "auto",
     batch_size: Annotated[int, typer.Option(help="Texts per batch (batches are sorted by length).")] = 32,
     normalize: Annotated[bool, typer.Option(
         "--normalize", help="L2-normalize each embedding (an export made with --normalize, or from a "
@@ -417,7 +421,7 @@ def _embed_file(
             raise
     typer.echo(
         f"wrote {result.rows} embeddings (dim {embedder.width}) to {output} in {result.seconds:.1f}s "
-        f"({result.rows / max(result.seconds, 1e-9):,.0f} texts/s on {embedder.provider})"
+        f"({result.rows / max(result.seconds, 1e-9):,.0f} texts/s on {embedder.provider.description})"
     )
 
 
@@ -483,7 +487,7 @@ def serve(
     directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
     host: Annotated[str, typer.Option(help="Address to bind (loopback unless told otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    provider: Annotated[str, typer.Option(help="auto (CUDA if available, else CPU), cpu, cuda or tensorrt.")] = "auto",
+    provider: Annotated[str, typer.Option(help=PROVIDER_HELP)] = "auto",
     api_key: Annotated[Optional[str], typer.Option(
         help="Require `Authorization: Bearer KEY` (except on /health). Also read from POOLX_API_KEY.",
         envvar="POOLX_API_KEY", show_default=False)] = None,

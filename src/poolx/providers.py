@@ -1,13 +1,13 @@
 """What runs a graph: the execution providers poolx knows, each described once.
 
-A `Provider` says everything a consumer needs to know about where a graph runs: onnxruntime's name for it and the
-ones asked for after it, whether it is a GPU, the device that IO binding copies to, what one more model run costs
+A `Provider` says everything a consumer needs to know about where a graph runs: the runtime (onnxruntime, or
+OpenVINO for `openvino`), onnxruntime's name for it and the ones asked for after it, whether it is a GPU, the device that IO binding copies to, what one more model run costs
 (the Embedder's batch planner weighs padding against it), its session options and, for TensorRT, the shape
 profile. The Embedder, verify, bench, serve, Ray and Triton ask these objects; none compares provider strings.
 Which provider may run which graph is the variant's business (`poolx.variants`).
 
-onnxruntime itself is imported only when a session is made or the available providers are asked for, so this
-module stays light. Adding a provider means one entry here (plus its tests).
+onnxruntime and OpenVINO are imported only when a session is made or the available providers are asked for, so
+this module stays light. Adding a provider means one entry here (plus its tests).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ class ShapeProfile:
 
 @dataclass(frozen=True)
 class Provider:
-    """One onnxruntime execution provider as poolx uses it.
+    """One place a graph runs, as poolx uses it: an onnxruntime execution provider, or OpenVINO (`runtime`).
 
-    name: the short name users type. ort_name: onnxruntime's. then: onnxruntime providers asked for after it, for
+    name: the short name users type. ort_name: onnxruntime's ("" for OpenVINO). then: onnxruntime providers asked for after it, for
     the nodes it does not take (TensorRT: CUDA). gpu: it runs on a GPU (Ray asks for one, Triton makes GPU
     instances). io_device: the device IO binding copies inputs and outputs to (None: plain `run` with numpy).
     run_cost: what one more model run costs in padded tokens (measured with MiniLM: on the CPU a run's fixed cost
@@ -64,14 +64,35 @@ class Provider:
     io_device: str | None = None
     run_cost: int = 64
     max_batch: int | None = None
+    runtime: str = "onnxruntime"  # or "openvino" (poolx.runtime.openvino)
+    # the server gives each concurrent CPU batch one thread, except to providers that spread a run themselves (a
+    # GPU; OpenVINO's streams over every core)
+    spreads_runs: bool = False
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def precision(self) -> str | None:
+        """What OpenVINO computes a float graph in on this machine ("bf16" where the CPU has it, else "f32");
+        None for onnxruntime providers, which compute in the graph's own precision."""
+        if self.runtime != "openvino":
+            return None
+        from poolx.runtime.openvino import cpu_precision
+
+        return cpu_precision()
+
+    @property
+    def description(self) -> str:
+        """The name with the precision OpenVINO runs in: "openvino (bf16)"; the name alone otherwise."""
+        return f"{self.name} ({self.precision})" if self.precision else self.name
 
     # ---- availability ---------------------------------------------------------------------------------------
     def ort_providers(self) -> list[str]:
         """The onnxruntime provider list to ask for (the CPU last, for what a GPU provider cannot run), or
         ProviderUnavailableError naming what this onnxruntime lacks."""
+        if self.runtime != "onnxruntime":
+            raise ValueError(f"{self.name} is not an onnxruntime provider")
         ort = import_onnxruntime()
         wanted = [self.ort_name, *self.then]
         available = set(ort.get_available_providers())
@@ -84,6 +105,10 @@ class Provider:
         return wanted + ([CPU.ort_name] if self is not CPU else [])
 
     def available(self) -> bool:
+        if self.runtime == "openvino":
+            import importlib.util
+
+            return importlib.util.find_spec("openvino") is not None
         try:
             self.ort_providers()
         except ProviderUnavailableError:
@@ -92,7 +117,7 @@ class Provider:
 
     def check_active(self, session: Any) -> None:
         """Raise if onnxruntime did not keep this provider (it can drop to the CPU with only a log line)."""
-        if self.ort_name not in session.get_providers():
+        if self.runtime == "onnxruntime" and self.ort_name not in session.get_providers():
             raise ProviderUnavailableError(
                 f"onnxruntime did not start {self.ort_name} (active: {', '.join(session.get_providers())}); "
                 "check the CUDA/TensorRT libraries onnxruntime-gpu needs"
@@ -131,12 +156,14 @@ class Provider:
 
 
 CPU = Provider("cpu", "CPUExecutionProvider", run_cost=64)
-CUDA = Provider("cuda", "CUDAExecutionProvider", gpu=True, io_device="cuda", run_cost=2048)
+CUDA = Provider("cuda", "CUDAExecutionProvider", gpu=True, io_device="cuda", run_cost=2048, spreads_runs=True)
 TENSORRT = Provider(
     "tensorrt", "TensorrtExecutionProvider", then=("CUDAExecutionProvider",), gpu=True, io_device="cuda",
-    run_cost=2048, max_batch=256,
+    run_cost=2048, max_batch=256, spreads_runs=True,
 )
-PROVIDERS: dict[str, Provider] = {p.name: p for p in (CPU, CUDA, TENSORRT)}
+# OpenVINO's CPU plugin (poolx[openvino]): bf16 on AMX/AVX512-BF16 CPUs, f32 elsewhere; plain fp32 graphs only
+OPENVINO = Provider("openvino", "", run_cost=64, runtime="openvino", spreads_runs=True)
+PROVIDERS: dict[str, Provider] = {p.name: p for p in (CPU, CUDA, TENSORRT, OPENVINO)}
 
 
 def get_provider(name: str | Provider) -> Provider:
@@ -157,6 +184,15 @@ def import_onnxruntime() -> Any:
             "onnxruntime is not installed: pip install 'poolx[cpu]' (or 'poolx[gpu]' for CUDA/TensorRT)"
         ) from None
     return onnxruntime
+
+
+def openvino_preferred() -> bool:
+    """Whether `auto` should run a plain fp32 graph with OpenVINO instead of onnxruntime's CPU provider: OpenVINO is
+    installed and the CPU has bf16 (AMX/AVX512-BF16), where OpenVINO was measured 3.3-4x onnxruntime on poolx's own
+    graph (issue 13). Without bf16 it computes in f32 and was not clearly faster (benchmarks/RESULTS.md)."""
+    if not OPENVINO.available():
+        return False
+    return OPENVINO.precision == "bf16"
 
 
 def gpu_available() -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from poolx.errors import ProviderUnavailableError, UsageError
 from poolx.parity.compare import Tolerance
-from poolx.providers import CPU, CUDA, TENSORRT, Provider, get_provider
+from poolx.providers import CPU, CUDA, OPENVINO, TENSORRT, Provider, get_provider
 
 
 @dataclass(frozen=True, eq=False)  # one object per precision: compared and hashed by identity
@@ -37,8 +37,11 @@ class Precision:
         return self.name
 
 
+# verify's bound for a graph OpenVINO runs in bf16 (issue 13: min cosine per text; torch bf16 measured 0.99998)
+BF16_TOLERANCE = Tolerance(atol=None, min_cosine=0.999, max_rel_l2=0.05)
+
 FP32 = Precision(
-    "fp32", Tolerance(atol=1e-4, rtol=1e-3), targets=(CPU, CUDA), runs_on=(CPU, CUDA, TENSORRT),
+    "fp32", Tolerance(atol=1e-4, rtol=1e-3), targets=(CPU, CUDA), runs_on=(CPU, CUDA, TENSORRT, OPENVINO),
     help="fp32, as traced or fused",
 )
 FP16 = Precision(
@@ -133,6 +136,11 @@ class Variant:
     def tolerance(self) -> Tolerance:
         return self.precision.tolerance
 
+    def tolerance_on(self, provider: Provider) -> Tolerance:
+        """verify's bound for this graph run on `provider`: the precision's, or `BF16_TOLERANCE` where OpenVINO
+        computes the fp32 graph in bf16."""
+        return BF16_TOLERANCE if provider.precision == "bf16" else self.tolerance
+
     @property
     def label(self) -> str:
         """'fp32', 'fp32 optimized for cpu', 'fp16 optimized for cuda', 'int8 for cpu'."""
@@ -153,10 +161,10 @@ class Variant:
     # ---- where it runs --------------------------------------------------------------------------------------
     @property
     def runs_on(self) -> tuple[Provider, ...]:
-        """The providers that may run this graph. TensorRT takes the plain fp32 graph only: it fuses and builds
-        fp16 engines itself, and onnxruntime's fused contrib ops would split the graph (explicit shape profiles
-        then fail on the pieces' inputs)."""
-        return tuple(p for p in self.precision.runs_on if not (p is TENSORRT and self.fused))
+        """The providers that may run this graph. TensorRT and OpenVINO take the plain fp32 graph only: TensorRT
+        fuses and builds fp16 engines itself, and onnxruntime's fused contrib ops would split the graph (explicit
+        shape profiles then fail on the pieces' inputs); OpenVINO fuses on its own and does not know those ops."""
+        return tuple(p for p in self.precision.runs_on if not (p in (TENSORRT, OPENVINO) and self.fused))
 
     def check_provider(self, provider: str | Provider) -> Provider:
         """`provider` if it may run this graph, else the error that says why not (never a silent run elsewhere)."""
@@ -167,6 +175,11 @@ class Variant:
             raise UsageError(
                 "TensorRT takes the plain fp32 export (it fuses and builds fp16 engines itself); export without "
                 "--optimize/--precision for it, or use --provider cuda for this graph"
+            )
+        if p is OPENVINO:
+            raise UsageError(
+                f"OpenVINO takes the plain fp32 export (it fuses and picks bf16 or f32 itself), not this "
+                f"{self.label} graph; export without --optimize/--precision for it, or use --provider cpu"
             )
         where = "the CPU" if self.runs_on == (CPU,) else " or ".join(q.name for q in self.runs_on)
         raise ProviderUnavailableError(
@@ -180,17 +193,22 @@ class Variant:
             return f"this {self.precision.name} graph is built for {self.target.name}; on {provider.name} onnxruntime runs it slowly"
         return None
 
-    def default_provider(self, gpu: bool) -> Provider:
-        """What `auto` picks: CUDA when a GPU can be used and CUDA runs this graph at full speed, else the CPU."""
-        return CUDA if gpu and CUDA in self.runs_on and CUDA not in self.precision.slow_on else CPU
+    def default_provider(self, gpu: bool, openvino: bool = False) -> Provider:
+        """What `auto` picks: CUDA when a GPU can be used and CUDA runs this graph at full speed; else OpenVINO when
+        it is preferred on this CPU (`openvino`: installed and bf16, `providers.openvino_preferred`) and runs this
+        graph; else the CPU."""
+        if gpu and CUDA in self.runs_on and CUDA not in self.precision.slow_on:
+            return CUDA
+        return OPENVINO if openvino and OPENVINO in self.runs_on else CPU
 
     def choose(self, provider: str | Provider, gpu: bool | None = None) -> Provider:
         """`provider` checked against this graph, or `auto` resolved (`gpu`: whether CUDA can be used; default:
         whether this onnxruntime has it)."""
         if provider == "auto":
-            from poolx.providers import gpu_available
+            from poolx.providers import gpu_available, openvino_preferred
 
-            return self.default_provider(gpu_available() if gpu is None else gpu)
+            gpu = gpu_available() if gpu is None else gpu
+            return self.default_provider(gpu, not gpu and OPENVINO in self.runs_on and openvino_preferred())
         return self.check_provider(provider)
 
 

@@ -348,8 +348,8 @@ def _inferred_shapes(model: Any) -> list[Any]:
     import onnx
 
     light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions)
-    for field in ("node", "input", "output", "value_info"):
-        getattr(light.graph, field).extend(getattr(model.graph, field))
+    for part in ("node", "input", "output", "value_info"):
+        getattr(light.graph, part).extend(getattr(model.graph, part))
     for tensor in model.graph.initializer:
         if len(tensor.raw_data) > 1024 or tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL:
             light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)

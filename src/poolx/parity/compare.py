@@ -37,6 +37,13 @@ class Tolerance:
         if self.atol is None and (self.min_cosine is None or self.max_rel_l2 is None):
             raise UsageError("a tolerance needs an elementwise bound (atol), or a cosine and a relative L2 bound")
 
+    def describe(self) -> str:
+        """"min cosine 0.999, relative L2 0.05" or "atol 0.0001, rtol 0.001"."""
+        parts = [f"atol {self.atol:g}, rtol {self.rtol:g}"] if self.atol is not None else []
+        parts += [f"min cosine {self.min_cosine:g}"] if self.min_cosine is not None else []
+        parts += [f"relative L2 {self.max_rel_l2:g}"] if self.max_rel_l2 is not None else []
+        return ", ".join(parts)
+
     def override(
         self, atol: float | None = None, rtol: float | None = None, min_cosine: float | None = None,
     ) -> "Tolerance":

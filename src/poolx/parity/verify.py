@@ -193,7 +193,6 @@ def verify(
     start = time.perf_counter()
     directory = Path(directory)
     manifest = Manifest.read(directory)
-    tolerance = tolerance or manifest.variant.tolerance.override(atol, rtol, min_cosine)
     manifest.check_files(directory)
     checks = [Check("checksums", True, f"{len(manifest.files)} files match manifest.json")]
     graph = directory / manifest.graph_file
@@ -205,6 +204,9 @@ def verify(
     text_encoder = TextEncoder(directory, manifest)
     checks.append(check_tokenizer(directory, manifest, text_encoder, texts))
     chosen, notes = verify_provider(manifest, provider)
+    tolerance = tolerance or manifest.variant.tolerance_on(chosen).override(atol, rtol, min_cosine)
+    if chosen.precision:
+        notes.append(f"{chosen.name} ran the graph in {chosen.precision} on this CPU; held to {tolerance.describe()}")
     resolved = recorded_source(manifest, source)
     encoder = rebuild_encoder(manifest, directory, resolved)
     texts = list(texts)
@@ -221,7 +223,7 @@ def verify(
     outputs += [library] if library is not None else []
     notes += [note] if note else []
     report = VerifyReport(
-        str(directory), outputs, checks, shapes, time.perf_counter() - start, chosen.name, manifest.variant.label, notes,
+        str(directory), outputs, checks, shapes, time.perf_counter() - start, chosen.description, manifest.variant.label, notes,
     )
     return _finish(report, raise_on_failure)
 

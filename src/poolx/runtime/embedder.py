@@ -169,7 +169,7 @@ class Embedder:
         except Exception as e:  # onnxruntime's Fail/RuntimeException/...: out of memory, a shape outside a profile
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             shape = "x".join(str(d) for d in feeds["input_ids"].shape)
-            raise RuntimeFailure(f"onnxruntime failed on a batch of {shape} tokens on {self.provider}: {first}") from None
+            raise RuntimeFailure(f"{self.provider.runtime} failed on a batch of {shape} tokens on {self.provider}: {first}") from None
 
     def _count_truncated(self, encodings: Sequence[Any]) -> None:
         cut = sum(1 for e in encodings if e.overflowing)

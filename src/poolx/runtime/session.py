@@ -1,4 +1,4 @@
-"""onnxruntime sessions over a poolx graph, on the provider asked for and no other."""
+"""Sessions over a poolx graph (onnxruntime, or OpenVINO for `openvino`), on the provider asked for and no other."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ def create_session(
     """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider` (checked after creation: a
     provider onnxruntime dropped is an error). `provider_options` maps an onnxruntime provider name to its options
     (`Provider.options`). spinning=False stops the CPU provider's intra-op threads from spin-waiting after a run
-    (they otherwise take cores a server's event loop needs)."""
-    ort = import_onnxruntime()
+    (they otherwise take cores a server's event loop needs). OpenVINO (`openvino`) gives an `OpenVinoSession` with
+the same interface, compiled for throughput (parallel streams) where spinning is off, as a server asks."""
     provider = get_provider(provider)
+    if provider.runtime == "openvino":
+        from poolx.runtime.openvino import OpenVinoSession
+
+        return OpenVinoSession(graph, threads, throughput=not spinning)
+    ort = import_onnxruntime()
     options_of = provider_options or {}
     providers = [(p, options_of[p]) if p in options_of else p for p in provider.ort_providers()]
     options = ort.SessionOptions()

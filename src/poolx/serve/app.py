@@ -207,7 +207,7 @@ def create_app(embedder: Any, *, model_name: str | None = None, api_key: str | N
         m = embedder.manifest
         return JSONResponse({
             "model": name, "pooling": m.pooling["name"], "pooling_options": m.pooling.get("options", {}),
-            "width": embedder.width, "max_length": max_length, "provider": str(embedder.provider),
+            "width": embedder.width, "max_length": max_length, "provider": embedder.provider.description,
             "normalized": embedder.normalized, "prompts": embedder.prompts, "default_prompt_name": embedder.default_prompt_name,
             "precision": m.variant.precision.name, "optimized": m.variant.fused, "variant": m.variant.label,
             "limits": limits.__dict__,

@@ -70,7 +70,7 @@ def serve(
         note(f"note: listening on {options.host} without --api-key: anyone who can reach it can use it")
     say(
         f"serving {directory} ({embedder.manifest.pooling['name']} pooler, dim {embedder.width}) on "
-        f"{embedder.provider} at http://{options.host}:{options.port}  (POST /v1/embeddings, POST /embed, "
+        f"{embedder.provider.description} at http://{options.host}:{options.port}  (POST /v1/embeddings, POST /embed, "
         "GET /health /info /metrics)"
     )
     config = uvicorn.Config(
@@ -91,13 +91,14 @@ def serve(
 
 def open_embedder(directory: Path, provider: str, threads: int | None):
     """The server's Embedder: on the CPU single-threaded (the batcher runs one batch per core), without spinning
-    threads (they would take the event loop's core); on a GPU with onnxruntime's default CPU threads. When `auto`
+    threads (they would take the event loop's core); on a GPU with onnxruntime's default CPU threads; on OpenVINO
+    compiled for throughput over every core (`threads` unless given). When `auto`
     could not start CUDA (it warned), the CPU is reopened single-threaded."""
     from poolx.manifest import Manifest
     from poolx.runtime.embedder import Embedder
 
     chosen = Manifest.read(directory).variant.choose(provider)
-    embedder = Embedder(directory, provider, threads=threads if chosen.gpu else 1, spinning=False)
+    embedder = Embedder(directory, provider, threads=threads if chosen.spreads_runs else 1, spinning=False)
     if embedder.provider is not chosen:  # auto fell back to the CPU
         embedder = Embedder(directory, embedder.provider.name, threads=1, spinning=False)
     return embedder
