@@ -148,8 +148,47 @@ class Manifest:
             raise BrokenExportError(
                 f"{directory} holds {', '.join(extra)}, which {MANIFEST} does not list; remove it or re-export"
             )
+        root = directory.resolve()
         for name, digest in self.files.items():
+            if not (directory / name).resolve().is_relative_to(root):  # a symlink out of the export
+                raise BrokenExportError(f"{directory / name} links outside {directory}; poolx reads only the export's own files")
             if sha256_file(directory / name) != digest:
                 raise BrokenExportError(
                     f"{directory / name} does not match its sha256 in {MANIFEST}: it was edited or corrupted; re-export"
                 )
+        if self.graph_file in self.files:
+            check_external_data(directory / self.graph_file, directory, set(self.files))
+
+
+def check_external_data(graph: Path, directory: Path, listed: set[str]) -> None:
+    """Every external-data `location` in `graph` names a file of the export that the manifest lists: a relative
+    path inside `directory`, no `..`, no absolute path, no link out (a crafted graph could otherwise make the
+    runtime read, and the embedding return, any file the process can read). Checked before any session opens.
+    Raises BrokenExportError."""
+    import mmap
+
+    with open(graph, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(b"location") < 0:  # every external reference carries this key: none here
+                return
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception:  # unreadable: the interface check and the session say so
+        return
+    root = directory.resolve()
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
+        path = Path(location)
+        inside = location and not path.is_absolute() and ".." not in path.parts and (directory / path).resolve().is_relative_to(root)
+        if not inside or path.as_posix() not in listed:
+            raise BrokenExportError(
+                f"{graph} points tensor {tensor.name!r} at external data {location!r}, which is not a file of this "
+                f"export listed in {MANIFEST}; refusing to load it"
+            )

@@ -1,0 +1,71 @@
+"""A crafted export reads nothing outside its directory (issue 14, item 1): an external-data `location` that leaves
+the export (`..`, an absolute path, a link out) or names a file the manifest does not list is refused before any
+session opens, with checksums that match (the attacker writes the manifest too), on onnxruntime and OpenVINO."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from poolx.cli import app
+from poolx.errors import BrokenExportError
+from poolx.exporter.export import export
+from poolx.manifest import Manifest, checksum_tree
+from poolx.runtime.embedder import Embedder
+
+
+@pytest.fixture(scope="module")
+def external(tiny_models, tmp_path_factory):
+    """The tiny BERT exported with its weights in model.onnx.data."""
+    out = tmp_path_factory.mktemp("external") / "e"
+    export(str(tiny_models["bert"]), out, pooling="cls", external_data="always", max_length=32)
+    return out
+
+
+def crafted(external, tmp_path, location: str):
+    """A copy of the export whose graph points one weight at `location`, its manifest re-checksummed to match."""
+    directory = tmp_path / "crafted"
+    shutil.copytree(external, directory)
+    model = onnx.load(str(directory / "model.onnx"), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(model, str(directory / "model.onnx"))
+    manifest = Manifest.read(directory)
+    manifest.files = checksum_tree(directory)
+    manifest.write(directory)
+    return directory
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "unlisted"])
+def test_external_data_outside_the_export_is_refused(external, tmp_path, where):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(1 << 20))
+    location = {"parent": "../secret.bin", "absolute": str(secret), "unlisted": "other.bin"}[where]
+    directory = crafted(external, tmp_path, location)
+    if where == "unlisted":  # inside the directory but not in the manifest: also refused (check_files first)
+        (directory / "other.bin").write_bytes(secret.read_bytes())
+    for provider in ("cpu", "openvino"):
+        with pytest.raises(BrokenExportError, match="external data|does not list"):
+            Embedder(directory, provider)
+    result = CliRunner().invoke(app, ["embed", str(directory), "hello"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_a_listed_file_that_links_outside_is_refused(external, tmp_path):
+    directory = tmp_path / "linked"
+    shutil.copytree(external, directory)
+    outside = tmp_path / "weights-elsewhere.bin"
+    shutil.move(directory / "model.onnx.data", outside)
+    (directory / "model.onnx.data").symlink_to(outside)  # same bytes, same checksum
+    with pytest.raises(BrokenExportError, match="links outside"):
+        Embedder(directory, "cpu")
+
+
+def test_the_genuine_external_data_export_still_loads(external):
+    assert Embedder(external, "cpu").embed(["hello"]).shape == (1, 32)
