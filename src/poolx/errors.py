@@ -4,6 +4,13 @@ and a fix; the CLI prints it to stderr and exits with `exit_code` (no traceback)
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a library's multi-line report cut to what a one-line error can
+    carry), or its type's name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class PoolxError(Exception):
     """Base class. `exit_code` is what the CLI exits with."""
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from poolx.errors import UsageError
+from poolx.errors import UsageError, first_line
 
 # The input formats, the same for `poolx embed` and `poolx embed --engine ray` (see the package docstring).
 INPUT_FORMATS = {
@@ -37,11 +37,6 @@ def short(value: Any) -> str:
 
 def flag(name: str, column: str, id_column: Optional[str]) -> str:
     return "--id-column" if name == id_column and name != column else "--column"
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def json_kind(value: Any) -> str:

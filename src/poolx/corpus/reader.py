@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional,
 import orjson
 
 from poolx.corpus._common import (
-    INPUT_FORMATS, ArrowIds, check_id_value, first_line, flag, is_string, json_kind, names, not_utf8, pyarrow, short,
+    INPUT_FORMATS, ArrowIds, check_id_value, flag, is_string, json_kind, names, not_utf8, pyarrow, short,
     supported,
 )
-from poolx.errors import UsageError
+from poolx.errors import UsageError, first_line
 
 if TYPE_CHECKING:
     import numpy as np

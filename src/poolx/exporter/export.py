@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from poolx.errors import ExportError, PoolxError, UsageError
+from poolx.errors import ExportError, PoolxError, UsageError, first_line
 from poolx.exporter.trace import (
     DEFAULT_OPSET, EXTERNAL_DATA_FILE, GRAPH_FILE, OPSETS, io_spec, trace, write_graph,
 )
@@ -182,7 +182,7 @@ def build_variant(
     except PoolxError:
         raise
     except Exception as e:  # onnxruntime's optimizer and quantizer raise many types
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)[:300]
         raise ExportError(f"building the {variant.label} graph failed: {first}") from None
     return model
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from poolx.errors import ExportError, PoolxError, UsageError
+from poolx.errors import ExportError, PoolxError, UsageError, first_line
 from poolx.models.encoder import RAW_OUTPUTS, PooledEncoder
 from poolx.spec import EXPORT_EXAMPLE_SHAPE, IOSpec
 
@@ -85,7 +85,7 @@ def trace(encoder: PooledEncoder, spec: IOSpec, tokenizer: Any, directory: Path,
     except PoolxError:
         raise
     except Exception as e:  # the exporter raises many types; the first line says what failed
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)[:300]
         raise ExportError(f"torch.onnx.export failed for pooler {encoder.pooler.name!r}: {first}") from None
     model = onnx.load(str(path))  # also loads any external data torch wrote for > 2 GiB models
     shutil.rmtree(scratch)

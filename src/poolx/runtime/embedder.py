@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from poolx.errors import PoolxError, ProviderUnavailableError, UsageError
+from poolx.errors import PoolxError, ProviderUnavailableError, UsageError, first_line
 from poolx.manifest import Manifest
 from poolx.providers import CPU, Provider, default_trt_cache
 from poolx.runtime.session import create_session, run_bound
@@ -167,7 +167,7 @@ class Embedder:
                 return self.session.run([EMBEDDING], feeds)[0]
             return run_bound(self.session, feeds, EMBEDDING, self.provider.io_device, self.device_id)
         except Exception as e:  # onnxruntime's Fail/RuntimeException/...: out of memory, a shape outside a profile
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            first = first_line(e)[:300]
             shape = "x".join(str(d) for d in feeds["input_ids"].shape)
             raise RuntimeFailure(f"{self.provider.runtime} failed on a batch of {shape} tokens on {self.provider}: {first}") from None
 

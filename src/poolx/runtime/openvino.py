@@ -21,7 +21,7 @@ import queue
 from pathlib import Path
 from typing import Any, Sequence
 
-from poolx.errors import BrokenExportError, ProviderUnavailableError
+from poolx.errors import BrokenExportError, ProviderUnavailableError, first_line
 
 BF16, F32 = "bf16", "f32"
 
@@ -66,7 +66,7 @@ class OpenVinoSession:
         try:
             self.model = ov.Core().compile_model(str(graph), "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with its frontend's message
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            first = first_line(e)[:300]
             raise BrokenExportError(f"OpenVINO cannot compile {graph}: {first}") from None
         # what the plugin compiled, not what was asked: a CPU without bf16 runs f32 whatever the hint says
         compiled = str(self.model.get_property("INFERENCE_PRECISION_HINT")).lower()

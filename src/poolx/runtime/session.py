@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from poolx.errors import BrokenExportError, ProviderUnavailableError
+from poolx.errors import BrokenExportError, ProviderUnavailableError, first_line
 from poolx.providers import CPU, Provider, get_provider, import_onnxruntime
 
 
@@ -35,7 +35,7 @@ the same interface, compiled for throughput (parallel streams) where spinning is
     try:
         session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, InvalidProtobuf, EPFail)
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)[:300]
         if provider.gpu:  # the provider (TensorRT engine build, CUDA libraries) failed, not the file
             raise ProviderUnavailableError(f"onnxruntime could not start {graph} on {provider}: {first}") from None
         raise BrokenExportError(f"onnxruntime cannot load {graph}: {first}; re-export it") from None
