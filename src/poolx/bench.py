@@ -115,11 +115,9 @@ def default_threads() -> int:
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX): where torch's bf16 is the peer to beat."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    from poolx.providers import cpu_flags
+
+    return not cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
 
 
 def run_bench(

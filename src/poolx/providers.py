@@ -186,6 +186,15 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo ("avx512_vnni", "amx_bf16", ...); empty where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return frozenset(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return frozenset()
+
+
 def openvino_preferred() -> bool:
     """Whether `auto` should run a plain fp32 graph with OpenVINO instead of onnxruntime's CPU provider: OpenVINO is
     installed and the CPU has bf16 (AMX/AVX512-BF16), where OpenVINO was measured 3.3-4x onnxruntime on poolx's own

@@ -246,12 +246,9 @@ def has_vnni() -> bool:
     (AVX2 `vpmaddubsw`) add pairs of uint8×int8 products in saturating int16: with full-range int8 weights the sums
     clip, and on an AVX2 AMD EPYC MiniLM's int8 graph reached only 0.9865 min cosine against fp32 on the
     calibration texts (U8U8, uint8 weights: 0.9952). Read from /proc/cpuinfo; elsewhere assume VNNI is absent."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    from poolx.providers import cpu_flags
+
+    return not cpu_flags().isdisjoint({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def _quantize(model: Any, target: Path, keep_fp32: Sequence[str] = ()) -> None:
