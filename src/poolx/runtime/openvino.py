@@ -48,7 +48,7 @@ def cpu_precision() -> str:
 
 
 class OpenVinoSession:
-    """A graph compiled by OpenVINO for the CPU. `run(names, feeds)`, `get_inputs()`, `get_outputs()` as an
+    """A graph compiled by OpenVINO for the CPU. `run(names, feeds)`, `get_outputs()`, `get_providers()` as an
     onnxruntime session has them; `.precision` is what it computes in ("bf16" or "f32"). threads: CPU threads
     (default: all). throughput: compile for several parallel streams (a server's concurrent requests) instead of
     the lowest latency of one request (every core on each run)."""
@@ -56,10 +56,9 @@ class OpenVinoSession:
     def __init__(self, graph: str | Path, threads: int | None = None, throughput: bool = False,
                  precision: str | None = None) -> None:
         ov = import_openvino()
-        self.precision = precision or cpu_precision()
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY",
-            "INFERENCE_PRECISION_HINT": self.precision,
+            "INFERENCE_PRECISION_HINT": precision or cpu_precision(),
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
