@@ -14,8 +14,9 @@ MatMuls that share an input (Q, K and V share one).
 
 The channel maxima are measured by running the fp32 graph on calibration texts (`calibration.CALIBRATION_TEXTS`, or
 the user's own); α is chosen from a small grid by the min cosine against the fp32 graph on those texts. The
-pooler, the head and everything outside the backbone stay fp32. Weights are symmetric int8 where the CPU has VNNI
-and asymmetric uint8 where it has not (`has_vnni`): onnxruntime's AVX2 int8 kernels saturate otherwise."""
+pooler, the head and everything outside the backbone stay fp32. Weights are symmetric int8 (onnxruntime's fast
+U8S8 kernels); on a CPU without VNNI, whose U8S8 kernels may saturate, asymmetric uint8 when int8 weights cannot
+reach the bound (`weight_kinds`)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ class QuantizeResult:
     quantized: int  # MatMuls now int8
     kept_fp32: list[str] = field(default_factory=list)  # MatMul nodes left fp32 to hold the accuracy
     tried: dict[str, float] = field(default_factory=dict)  # alpha -> min cosine with every group int8
-    signed_weights: bool = True  # symmetric int8 weights (U8S8 kernels), else asymmetric uint8 (U8U8 kernels)
+    signed_weights: bool = True  # symmetric int8 weights (U8S8 kernels), else asymmetric uint8 (U8U8 kernels): weight_kinds
 
     def to_json(self) -> dict[str, Any]:
-        kind = "symmetric QInt8" if self.signed_weights else "asymmetric QUInt8 (this CPU has no VNNI)"
+        kind = "symmetric QInt8" if self.signed_weights else "asymmetric QUInt8 (int8 weights missed the bound on this CPU without VNNI)"
         return {
             "method": f"dynamic quantization (onnxruntime's graph): int8 MatMuls, per-channel {kind} weights, "
             "per-tensor uint8 activations, after SmoothQuant-style per-channel rescaling",
@@ -85,28 +86,31 @@ def quantize_int8(
         probe = _probe(model, groups, work)
         amax = activation_ranges(probe, batches)
         reference = _run(source, output, batches)
-
         attempts = 0
+        errors: dict[str, float] = {}
 
-        def attempt(alpha: float | None, kept: Sequence[str]) -> tuple[float, Path]:
+        def attempt(alpha: float | None, kept: Sequence[str], signed: bool) -> tuple[float, Path]:
             nonlocal attempts
             attempts += 1
             path = work / f"candidate-{attempts}.onnx"  # kept, so the winner need not be quantized again
             smoothed = _smoothed(model, groups, weights, amax, dict.fromkeys(groups, alpha))
-            _quantize(smoothed, path, [model.graph.node[i].name for t in kept for i in groups[t]])
+            _quantize(smoothed, path, [model.graph.node[i].name for t in kept for i in groups[t]], signed)
             return _min_cosine(_run(path, output, batches), reference, output), path
 
-        candidates = {alpha: attempt(alpha, []) for alpha in alphas}
-        tried = {alpha: cosine for alpha, (cosine, _) in candidates.items()}
-        alpha = max(alphas, key=lambda a: tried[a])
-        cosine, path = candidates[alpha]
-        kept: list[str] = []
-        if cosine < min_cosine:  # simulate each group's int8 error only when some must stay fp32
-            errors = simulated_errors(probe, batches, weights, amax, alpha)
-            worst_first = sorted(groups, key=lambda t: -errors[t])
-            while cosine < min_cosine and len(kept) < len(groups) // 3:
-                kept.append(worst_first[len(kept)])
-                cosine, path = attempt(alpha, kept)
+        for signed in weight_kinds():
+            candidates = {alpha: attempt(alpha, [], signed) for alpha in alphas}
+            tried = {alpha: cosine for alpha, (cosine, _) in candidates.items()}
+            alpha = max(alphas, key=lambda a: tried[a])
+            cosine, path = candidates[alpha]
+            kept: list[str] = []
+            if cosine < min_cosine:  # simulate each group's int8 error only when some must stay fp32
+                errors = errors or simulated_errors(probe, batches, weights, amax, alpha)
+                worst_first = sorted(groups, key=lambda t: -errors[t])
+                while cosine < min_cosine and len(kept) < len(groups) // 3:
+                    kept.append(worst_first[len(kept)])
+                    cosine, path = attempt(alpha, kept, signed)
+            if cosine >= min_cosine:
+                break
         quantized = onnx.load(str(path))
     if cosine < min_cosine:
         raise ExportError(
@@ -116,8 +120,18 @@ def quantize_int8(
     return quantized, QuantizeResult(
         alpha, cosine, sum(1 for n in quantized.graph.node if n.op_type == "MatMulInteger"),
         [model.graph.node[i].name for t in kept for i in groups[t]],
-        {"none" if a is None else str(a): round(c, 6) for a, c in tried.items()}, has_vnni(),
+        {"none" if a is None else str(a): round(c, 6) for a, c in tried.items()}, signed,
     )
+
+
+def weight_kinds() -> tuple[bool, ...]:
+    """The weight kinds int8 tries, fastest first: symmetric int8 (True), then, on a CPU without VNNI, asymmetric
+    uint8 (False). onnxruntime runs int8 weights with its U8S8 kernels, uint8 weights with U8U8 kernels, which on
+    an AVX2 CPU took 1.5-2x as long on MiniLM at 32 x 128 (benchmarks/int8_vs_ort.py). Without VNNI the U8S8
+    kernels (AVX2 `vpmaddubsw`) add pairs of uint8 x int8 products in saturating int16, so int8 weights may not
+    reach the bound there: the measured cosine decides, and uint8 is the fallback (on an AVX2 AMD EPYC MiniLM
+    reached 0.9966 with int8 weights and 3 MatMul groups kept fp32)."""
+    return (True,) if has_vnni() else (True, False)
 
 
 def weight_groups(model: Any) -> dict[str, list[int]]:
@@ -244,21 +258,21 @@ def _smoothed(
 def has_vnni() -> bool:
     """Whether this CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without it onnxruntime's U8S8 MatMul kernels
     (AVX2 `vpmaddubsw`) add pairs of uint8×int8 products in saturating int16: with full-range int8 weights the sums
-    clip, and on an AVX2 AMD EPYC MiniLM's int8 graph reached only 0.9865 min cosine against fp32 on the
-    calibration texts (U8U8, uint8 weights: 0.9952). Read from /proc/cpuinfo; elsewhere assume VNNI is absent."""
+    can clip (`weight_kinds` then measures whether they do). Read from /proc/cpuinfo; elsewhere assume VNNI is
+    absent."""
     from poolx.providers import cpu_flags
 
     return not cpu_flags().isdisjoint({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def _quantize(model: Any, target: Path, keep_fp32: Sequence[str] = ()) -> None:
+def _quantize(model: Any, target: Path, keep_fp32: Sequence[str] = (), signed: bool = True) -> None:
     """Write the int8 graph of `model` to `target`: the graph onnxruntime's dynamic quantizer (`quantize_dynamic`,
     per-channel, MatMul only) writes, built here with the weights quantized in vectorized numpy (`quantize_matmuls`)
     instead of its Python loop over every output channel, which took most of an int8 export's time."""
     import onnx
 
     excluded = {n.name for n in model.graph.node if n.name.startswith(FP32_PREFIXES)} | set(keep_fp32)
-    onnx.save_model(quantize_matmuls(model, excluded, signed=has_vnni()), str(target))
+    onnx.save_model(quantize_matmuls(model, excluded, signed), str(target))
 
 
 def quantize_weight(weight: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
