@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,16 +34,21 @@ def free_port() -> int:
 
 
 def start_server(directory, *args: str) -> tuple[subprocess.Popen, str]:
+    """A server subprocess; its output (the access log among it) goes to a file, `proc.output` (a pipe nobody
+    reads would fill up and block the server)."""
     port = free_port()
+    output = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "poolx.cli", "serve", str(directory), "--port", str(port), "--provider", "cpu", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=output, stderr=subprocess.STDOUT, text=True,
     )
+    proc.output = output  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read()}")
+            output.seek(0)
+            raise RuntimeError(f"server exited: {output.read()}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return proc, url
@@ -137,8 +144,8 @@ def test_32_concurrent_clients_zero_errors_same_numbers_merged_batches(server, r
     assert httpx.get(f"{server}/health").status_code == 200
 
 
-def _metric(server: str, name: str) -> float:
-    for line in httpx.get(f"{server}/metrics", headers=AUTH).text.splitlines():
+def _metric(server: str, name: str, headers: dict = AUTH) -> float:
+    for line in httpx.get(f"{server}/metrics", headers=headers).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
@@ -169,7 +176,9 @@ def test_bad_requests_get_their_4xx_and_the_server_stays_healthy(server, path, b
 
 
 def test_sigterm_drains_in_flight_requests_and_exits(exported):
-    proc, url = start_server(exported, "--max-wait-ms", "50")
+    """Within the drain time every request held is answered; the last line counts them, the exit code is 0;
+    --quiet leaves out the access log."""
+    proc, url = start_server(exported, "--max-wait-ms", "50", "--quiet")
     texts = [t for t in VERIFY_TEXTS if t] * 8
     results: list[int] = []
 
@@ -180,7 +189,9 @@ def test_sigterm_drains_in_flight_requests_and_exits(exported):
     threads = [threading.Thread(target=call) for _ in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # requests in flight
+    deadline = time.time() + 10
+    while time.time() < deadline and _metric(url, "poolx_requests_in_flight", {}) < 2:  # (the scrape is one)
+        time.sleep(0.01)
     start = time.time()
     proc.send_signal(signal.SIGTERM)
     for t in threads:
@@ -188,7 +199,13 @@ def test_sigterm_drains_in_flight_requests_and_exits(exported):
     code = proc.wait(timeout=15)
     assert time.time() - start < 10
     assert code == 0
-    assert results and all(s == 200 for s in results), results
+    assert len(results) == 6 and all(s == 200 for s in results), results
+    proc.output.seek(0)
+    output = proc.output.read()
+    held = re.search(r"^stopping: (\d+) requests? in flight get up to 8 s to finish$", output, re.M)
+    assert held and 1 <= int(held.group(1)) <= 6, output
+    assert re.search(rf"^stopped: {held.group(1)} requests? answered$", output, re.M), output
+    assert " POST /embed " not in output  # --quiet
 
 
 def test_batcher_merges_requests_and_a_failing_batch_fails_only_its_requests():

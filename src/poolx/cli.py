@@ -510,17 +510,36 @@ def serve(
         help="How long an idle model waits for more requests before running a lone one (a busy model never "
              "waits: what queues up during a run is the next batch).")] = 0.0,
     max_inputs: Annotated[int, typer.Option(help="Texts per request.")] = 2048,
+    max_connections: Annotated[int, typer.Option(
+        help="Open connections at most; beyond it a new connection closes the one idle longest (/health always "
+             "gets through).")] = 512,
+    header_timeout: Annotated[float, typer.Option(
+        help="Seconds a client has to send a request's line and headers (from connecting, or from the request's "
+             "first byte on a kept-alive connection).")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a client has to send a request's body after its headers, and to take its response.")] = 30.0,
+    timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle connection is kept open between requests.")] = 5.0,
+    drain_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM or Ctrl-C, seconds the requests in flight get to finish; those still running then get a "
+             "JSON 503 (and the exit code is 1).")] = 8.0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No access log (one line per request on stderr).")] = False,
 ) -> None:
     """Serve an export over HTTP: POST /v1/embeddings (OpenAI), POST /embed (text-embeddings-inference), GET
-    /health, /info, /metrics. Concurrent requests are batched together. SIGTERM drains in-flight requests."""
+    /v1/models, /health, /info, /metrics. Concurrent requests are batched together. SIGTERM drains in-flight
+    requests for up to --drain-timeout seconds and says how many were answered and how many failed; the exit code
+    is 0 when every one was answered, 1 when some had to be failed."""
 
     from poolx.serve.server import ServeOptions, serve as run_server
 
     options = ServeOptions(
         host=host, port=port, provider=provider, api_key=api_key, model_name=model_name, threads=threads,
         max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_inputs=max_inputs,
+        max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout,
+        timeout_keep_alive=timeout_keep_alive, drain_timeout=drain_timeout, quiet=quiet,
     )
-    run_server(directory, options, say=typer.echo, note=lambda line: _stderr().print(line, markup=False))
+    stopped = run_server(directory, options, say=typer.echo, note=lambda line: _stderr().print(line, markup=False))
+    if stopped.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

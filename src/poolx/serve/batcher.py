@@ -140,7 +140,9 @@ class Batcher:
         self._observe("batch_tokens", sum(job.tokens for job in live))
         try:
             vectors = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, encodings)
-        except Exception as e:  # the model failed: only this batch's requests fail
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # the model failed (a Rust panic is a BaseException): only this batch's requests fail
             for job in live:
                 if not job.future.done():
                     job.future.set_exception(e)
