@@ -95,8 +95,7 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], prompt_name: str | None = None) -> list[Any]:
         """The texts tokenized as the graph takes them, with the prompt prepended (see `prompt`)."""
-        prefix = self.prompt(prompt_name)
-        return self.text_encoder.encode([prefix + t for t in texts] if prefix else list(texts))
+        return self.text_encoder.encode(texts, self.prompt(prompt_name))  # a long text is cut before it is tokenized
 
     def embed(
         self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH, normalize: bool = False,
