@@ -27,6 +27,7 @@ KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TIMEOUT = 1.0  # the test server's header, body and keep-alive timeouts
 MAX_CONNECTIONS = 12
+DRAIN = 0.2  # --drain-timeout: requests still running 0.2 s after SIGTERM are failed
 
 
 def free_port() -> int:
@@ -62,10 +63,12 @@ def hard(bert_mean, tmp_path_factory):
         proc, url, port = start(
             bert_mean, log, "--api-key", KEY, "--header-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
             "--timeout-keep-alive", str(TIMEOUT), "--max-connections", str(MAX_CONNECTIONS), "--threads", "1",
+            "--drain-timeout", str(DRAIN),
         )
-        yield SimpleNamespace(url=url, port=port, log=log_path)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
+        yield SimpleNamespace(url=url, port=port, log=log_path, proc=proc)
+        if proc.poll() is None:  # (the SIGTERM test, the module's last, has stopped it)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
 
 
 def connect(port: int, data: bytes = b"") -> socket.socket:
@@ -153,6 +156,48 @@ def test_the_connection_limit_closes_the_longest_waiting_and_health_always_gets_
             s.close()
 
 
+def in_flight(url: str) -> float:
+    """Requests being answered, the scrape itself left out."""
+    metrics = httpx.get(f"{url}/metrics", headers=AUTH, timeout=5).text
+    return float(re.search(r"^poolx_requests_in_flight (\S+)", metrics, re.M).group(1)) - 1
+
+
+def test_a_client_that_does_not_take_its_answers_is_let_go(hard):
+    """Pipelined requests whose answers the client never reads: once the kernel's send buffer is full the server
+    buffered the rest and its request waited for the client forever (holding the connection and the request).
+    Now a client that has not taken an answer within the body timeout is cut off."""
+    body = json.dumps({"inputs": ["a"] * 2048}).encode()
+    size = len(httpx.post(f"{hard.url}/embed", content=body, headers={**AUTH, "content-type": "application/json"}).content)
+    try:
+        wmem = int(open("/proc/sys/net/ipv4/tcp_wmem").read().split()[2])  # the most the kernel buffers
+    except OSError:
+        wmem = 4 << 20
+    n = wmem // size + 3
+    if n > 24:
+        pytest.skip(f"the kernel buffers {wmem} bytes per socket: too many answers to outgrow it")
+    head = (f"POST /embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", hard.port))
+    try:
+        s.sendall((head + body) * n)
+        start = time.monotonic()
+        while time.monotonic() - start < TIMEOUT + 5 and (time.monotonic() - start < 0.3 or in_flight(hard.url) > 0):
+            time.sleep(0.1)
+        assert in_flight(hard.url) == 0  # the request waiting for the client to read was let go
+        data = b""
+        while len(data) < n * size:  # what the kernel had buffered, then the end
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    assert data.count(b"HTTP/1.1 200") < n
+
+
 def raw_request(port: int, data: bytes) -> bytes:
     with connect(port, data) as s:
         s.settimeout(5)
@@ -238,49 +283,44 @@ def test_a_panicking_tokenizer_gets_a_json_500():
     assert "Panic" in r.json()["error"]["message"]
 
 
-def test_sigterm_under_load_answers_or_fails_every_request_with_json_and_says_so_truthfully(bert_mean, tmp_path):
+def test_sigterm_under_load_answers_or_fails_every_request_with_json_and_says_so_truthfully(hard):
     """Before: after uvicorn's 5 s graceful timeout the requests still held got a plain-text 500 while the server
     printed "in-flight requests were answered" and exited 0. Now each client gets its 200 or a JSON 503, the last
-    line counts them, and the exit code is 1 when any was failed."""
-    log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc, url, _ = start(bert_mean, log, "--drain-timeout", "0.3", "--threads", "1")
-        texts = ["A man is playing a guitar on the street while people walk by and listen " * 6] * 384
-        results: list[tuple] = []
+    line counts them, and the exit code is 1 when any was failed. (Last in the module: it stops the server.)"""
+    texts = ["A man is playing a guitar on the street while people walk by and listen " * 6] * 384
+    results: list[tuple] = []
+    earlier = len(hard.log.read_text())  # the log of the tests before
 
-        def call() -> None:
-            try:
-                r = httpx.post(f"{url}/embed", json={"inputs": texts, "truncate": True}, timeout=60)
-                results.append((r.status_code, r.headers.get("content-type"), r.text))
-            except httpx.HTTPError as e:  # pragma: no cover - a lost request fails the test below
-                results.append(("lost", type(e).__name__, str(e)))
+    def call() -> None:
+        try:
+            r = httpx.post(f"{hard.url}/embed", json={"inputs": texts, "truncate": True}, headers=AUTH, timeout=60)
+            results.append((r.status_code, r.headers.get("content-type"), r.text))
+        except httpx.HTTPError as e:  # a lost request fails the test below
+            results.append(("lost", type(e).__name__, str(e)))
 
-        n = 10
-        threads = [threading.Thread(target=call) for _ in range(n)]
-        for t in threads:
-            t.start()
-        deadline = time.time() + 30
-        while time.time() < deadline:  # until at least half are being answered
-            metrics = httpx.get(f"{url}/metrics", timeout=5).text
-            if float(re.search(r"^poolx_requests_in_flight (\S+)", metrics, re.M).group(1)) - 1 >= n // 2:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        for t in threads:
-            t.join(timeout=30)
-        code = proc.wait(timeout=30)
+    n = 10
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and in_flight(hard.url) < n // 2:  # until at least half are being answered
+        time.sleep(0.02)
+    hard.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=30)
+    code = hard.proc.wait(timeout=30)
     assert len(results) == n
     for status, content_type, body in results:
         assert status in (200, 503) and content_type == "application/json", (status, body[:200])
         if status == 503:
             assert "shutting down" in json.loads(body)["error"]
-    output = log_path.read_text()
-    line = re.search(r"^stopped: (\d+) requests? answered(?:, (\d+) failed with 503 after the 0.3 s drain timeout)?"
-                     r"(?:, (\d+) refused with 503 \(sent while stopping\))?$", output, re.M)
+    output = hard.log.read_text()[earlier:]
+    line = re.search(rf"^stopped: (\d+) requests? answered(?:, (\d+) failed with 503 after the {DRAIN:g} s drain "
+                     r"timeout)?(?:, (\d+) refused with 503 \(sent while stopping\))?$", output, re.M)
     assert line, output[-3000:]
     answered, failed, refused = (int(g or 0) for g in line.groups())
     after = output[output.index("stopping: "):]  # the access log's lines for the requests finished while stopping
-    assert len(re.findall(r" POST /embed 200 ", after)) == answered
+    assert len(re.findall(r" POST /embed 200 ", after)) == answered  # (the in-flight scrapes finished before)
     assert len(re.findall(r" POST /embed 503 ", after)) == failed + refused
     assert sum(s == 503 for s, _, _ in results) == failed + refused
     assert sum(s == 200 for s, _, _ in results) == len(re.findall(r" POST /embed 200 ", output))

@@ -116,7 +116,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head, self._head_bytes, self._head_fed = True, 0, 0
         if self._read_timer is None:  # a kept-alive connection's next request: its head has header_timeout
-            self._wait(self.guard.header_timeout)
+            busy = self.cycle is not None and not self.cycle.response_complete  # (pipelined behind one)
+            self._wait(self.guard.header_timeout, evictable=not busy)
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -161,10 +162,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # -- deadlines --------------------------------------------------------------------------------------------------
 
-    def _wait(self, seconds: float) -> None:
-        """Waiting for a request head, for at most `seconds`."""
+    def _wait(self, seconds: float, evictable: bool = True) -> None:
+        """Waiting for a request head, for at most `seconds` (and, unless a request is under way, first in line
+        to be closed when the connections are over the limit)."""
         self.guard.waiting.pop(self, None)
-        self.guard.waiting[self] = None
+        if evictable:
+            self.guard.waiting[self] = None
         self._cancel_read()
         self._read_timer = self.loop.call_later(seconds, self._expire, 408, "the request head did not arrive in time")
 
