@@ -2,10 +2,13 @@
 process of its own with the same thread count.
 
 For an export (or the packaged MiniLM with its own sentence-transformers pipeline), it builds the variants that fit the providers present
-(CPU: fp32, fp32 optimized, int8, and the plain graph on OpenVINO when it is installed; CUDA: fp32 optimized,
-fp16), once: `reuse` keeps them in a directory for later runs. Then every candidate runs in a fresh Python process
+(CPU: fp32, fp32 optimized, int8; OpenVINO, when it is installed: the plain graph; CUDA: fp32 optimized, fp16),
+once: `reuse` keeps them in a directory for later runs. Then every candidate runs in a fresh Python process
 (`python -m poolx.bench --worker SPEC`) with the same CPU threads, and times, for every batch size x length in the
-grid, tokenization plus model plus pooling: poolx's eager rebuild of the model (transformers' tokenizer, sdpa
+grid and on a corpus of real texts (`corpus`: the packaged one, `data/corpus.txt.gz`, 10,000 chunks of
+documentation of 5-300 tokens built by benchmarks/corpus/make_corpus.py, or the user's file; each candidate
+embeds them all in batches of `CORPUS_BATCH`, as it would batch a corpus itself), tokenization plus model plus
+pooling: poolx's eager rebuild of the model (transformers' tokenizer, sdpa
 attention, fp32; fp16 and torch.compile too on a GPU), `SentenceTransformer.encode` when the model is a
 sentence-transformers directory and the package is installed (fp32, and bf16 where the CPU has it), and each
 variant through `Embedder`. One process per candidate because onnxruntime's spinning threads in the same process
@@ -33,6 +36,8 @@ import numpy as np
 
 BATCH_SIZES = (1, 32)
 LENGTHS = (16, 128)
+CORPUS = 1000  # texts of the packaged corpus timed by default
+CORPUS_BATCH = 32
 
 
 @dataclass
@@ -40,7 +45,7 @@ class Cell:
     candidate: str
     device: str
     batch: int
-    length: int
+    length: int  # 0 for the corpus workload
     tokens_per_s: float
     p50_ms: float
     p99_ms: float
@@ -48,6 +53,12 @@ class Cell:
     max_abs: float | None = None  # vs eager fp32
     min_cosine: float | None = None
     threads: int | None = None
+    texts: int | None = None  # the corpus workload: how many texts (p50_ms is then one pass over all of them)
+    texts_per_s: float | None = None
+
+    @property
+    def workload(self) -> str:
+        return f"corpus, {self.texts} texts" if self.texts else f"{self.batch}×{self.length}"
 
 
 @dataclass
@@ -96,6 +107,30 @@ def texts_of_length(tokenizer: Any, batch: int, length: int) -> list[str]:
     return out
 
 
+def corpus_texts(corpus: int | str | Path) -> list[str]:
+    """The texts of the corpus workload: the first `corpus` texts of the packaged corpus (an int, or a string of
+    digits; 0 for none), or the non-blank lines of a text file."""
+    import gzip
+    from importlib.resources import files
+
+    from poolx.errors import UsageError
+
+    if isinstance(corpus, int) or str(corpus).isdigit():
+        count = int(corpus)
+        if not 0 <= count <= 10_000:
+            raise UsageError(f"--corpus takes 0..10000 texts of the packaged corpus or a .txt file, got {count}")
+        texts = gzip.decompress(files("poolx").joinpath("data/corpus.txt.gz").read_bytes()).decode().splitlines()
+        return texts[:count]
+    path = Path(corpus)
+    try:
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--corpus {path}: cannot read it as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
+    if not texts:
+        raise UsageError(f"--corpus {path} has no non-blank line")
+    return texts
+
+
 def time_block(fn: Callable[[], Any], seconds: float, min_runs: int = 5, max_runs: int = 500) -> list[float]:
     fn()
     fn()  # warm-up: allocations, kernel selection, lazy initialisation
@@ -124,6 +159,7 @@ def run_bench(
     directory: str | Path | None = None, *, batch_sizes: Sequence[int] = BATCH_SIZES, lengths: Sequence[int] = LENGTHS,
     seconds: float = 2.0, threads: int | None = None, providers: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda s: None, reuse: str | Path | None = None, rounds: int = 1,
+    corpus: int | str | Path = CORPUS,
 ) -> BenchReport:
     from poolx.errors import ProviderUnavailableError, UsageError
     from poolx.exporter.export import export
@@ -145,12 +181,16 @@ def run_bench(
         Manifest.read(directory)  # a broken export is an error before anything is exported or timed
     if not batch_sizes or not lengths or min(batch_sizes) < 1 or min(lengths) < 2:
         raise UsageError("--batch-sizes must be at least 1 and --lengths at least 2 tokens")
+    corpus = corpus_texts(corpus)
     import torch
 
     cuda_ok = gpu_available() and torch.cuda.is_available()
-    devices = [get_provider(p) for p in providers] if providers else [CPU] + ([CUDA] if cuda_ok else [])
-    if any(d not in (CPU, CUDA) for d in devices):
-        raise UsageError(f"bench runs on cpu and cuda, not {next(d for d in devices if d not in (CPU, CUDA))}")
+    devices = [get_provider(p) for p in providers] if providers else (
+        [CPU] + ([OPENVINO] if OPENVINO.available() else []) + ([CUDA] if cuda_ok else []))
+    if any(d not in (CPU, OPENVINO, CUDA) for d in devices):
+        raise UsageError(f"bench runs on cpu, openvino and cuda, not {next(d for d in devices if d not in (CPU, OPENVINO, CUDA))}")
+    if OPENVINO in devices and not OPENVINO.available():
+        raise ProviderUnavailableError("bench on openvino needs the openvino package: pip install 'poolx[openvino]'")
     if CUDA in devices and not cuda_ok:
         raise ProviderUnavailableError(
             "bench on cuda needs onnxruntime-gpu's CUDAExecutionProvider and a CUDA build of torch with a GPU "
@@ -183,23 +223,29 @@ def run_bench(
             candidates += [Candidate("eager fp16", CUDA.name, "eager", str(directory), half=True),
                            Candidate("torch.compile fp16", CUDA.name, "eager", str(directory), half=True, compile=True)]
         model_dir: Path | None = None
+        ready: set[str] = set()  # variants exported or found this run (OpenVINO runs the CPU's plain one)
         for device in devices:
             for variant in bench_variants(device):
                 out = store / variant.name
-                if not _reusable(out, base):
+                if variant.name in ready:
+                    pass
+                elif not _reusable(out, base):
                     if model_dir is None:  # the variants are exported from the exact eager model (trained weights)
                         model_dir = rebuild_encoder(base, Path(directory)).save_pretrained(root / "model", tokenizer)
-                    log(f"exporting the {variant.label} variant for {device}")
+                    log(f"exporting the {variant.label} variant")
                     export(model_dir, out, max_length=base.max_length, variant=variant, force=True)
                     out.with_name(out.name + ".from").write_text(_stamp(base))
                 else:
                     log(f"reusing the {variant.label} variant in {out}")
+                ready.add(variant.name)
                 candidates.append(Candidate(f"poolx {variant.short_name}", device.name, "embedder", str(out)))
-                if device is CPU and variant.is_plain and OPENVINO.available():
-                    candidates.append(Candidate("poolx fp32", OPENVINO.name, "embedder", str(out)))
         shapes = [(batch, length) for length in lengths for batch in batch_sizes]
-        spec = {"tokenizer_source": source, "threads": threads, "seconds": seconds,
-                "texts": {f"{b}x{n}": texts_of_length(tokenizer, b, n) for b, n in shapes}}
+        workloads = {f"{b}x{n}": texts_of_length(tokenizer, b, n) for b, n in shapes}
+        if corpus:
+            workloads["corpus"] = corpus
+            corpus_tokens = sum(min(len(ids), base.max_length) for ids in tokenizer(corpus)["input_ids"])
+        spec = {"tokenizer_source": source, "threads": threads, "seconds": seconds, "texts": workloads,
+                "max_length": base.max_length}
         timings: dict[tuple[int, str], list[list[float]]] = {}
         outputs: dict[tuple[int, str], np.ndarray] = {}
         for round_ in range(rounds):
@@ -211,10 +257,10 @@ def run_bench(
                     outputs[(k, key)] = np.load(root / f"c{k}" / f"{key}.npy")
         baseline = "sentence-transformers fp32" if any(c.label == "sentence-transformers fp32" for c in candidates) else "eager fp32"
         report = BenchReport(base.source["name"], base.pooling["name"], machine_info(threads), baseline=baseline)
-        for batch, length in shapes:
-            key = f"{batch}x{length}"
+        for batch, length in shapes + ([(CORPUS_BATCH, 0)] if corpus else []):
+            key = f"{batch}x{length}" if length else "corpus"
             tokens = int(tokenizer(spec["texts"][key], padding=True, truncation=True, max_length=length,
-                                   return_tensors="np")["attention_mask"].sum())
+                                   return_tensors="np")["attention_mask"].sum()) if length else corpus_tokens
             reference = outputs[(0, key)]
             medians = {k: statistics.median(statistics.median(t) for t in timings[(k, key)]) for k in range(len(candidates))}
             base_of = {}
@@ -232,6 +278,7 @@ def run_bench(
                     tokens / p50, p50 * 1e3, float(np.percentile(times, 99)) * 1e3,
                     base_of[base_device] / p50 if base_device in base_of else None,
                     float(np.abs(got - reference).max()), min_cosine(got, reference), threads,
+                    len(corpus) if not length else None, len(corpus) / p50 if not length else None,
                 ))
     return report
 
@@ -287,10 +334,18 @@ def _worker(spec_path: str) -> None:
     times: dict[str, list[float]] = {}
     runner = _runner(c, spec, threads)
     for key, texts in spec["texts"].items():
-        batch, length = (int(x) for x in key.split("x"))
-        fn = runner(texts, batch, length)
-        times[key] = time_block(fn, seconds)
-        np.save(work / f"{key}.npy", np.asarray(fn(), dtype=np.float32))
+        if key == "corpus":  # one timed pass over every text, after a warm-up on a few batches
+            runner(texts[: 2 * CORPUS_BATCH], CORPUS_BATCH, int(spec["max_length"]))()
+            fn = runner(texts, CORPUS_BATCH, int(spec["max_length"]))
+            start = time.perf_counter()
+            result = fn()
+            times[key] = [time.perf_counter() - start]
+        else:
+            batch, length = (int(x) for x in key.split("x"))
+            fn = runner(texts, batch, length)
+            times[key] = time_block(fn, seconds)
+            result = fn()
+        np.save(work / f"{key}.npy", np.asarray(result, dtype=np.float32))
     print(json.dumps({"times": times, "pid": os.getpid()}))
 
 
@@ -327,16 +382,28 @@ def _runner(c: Candidate, spec: dict[str, Any], threads: int) -> Callable[[list[
     model = model.to(device).eval()
     encode = torch.compile(model.encode, dynamic=True) if c.compile else model.encode
 
+    def batch_of(texts: list[str], length: int) -> np.ndarray:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
+        with torch.inference_mode():
+            feeds = [enc[n].to(device) if n in enc else torch.zeros_like(enc["input_ids"]).to(device)
+                     for n in ("input_ids", "attention_mask", "token_type_ids")]
+            out = encode(*feeds[: 3 if model.uses_token_type_ids else 2])["sentence_embedding"]
+            if provider.gpu:
+                torch.cuda.synchronize()
+            return out.float().cpu().numpy()
+
     def eager(texts: list[str], batch: int, length: int) -> Callable[[], Any]:
+        if len(texts) <= batch:
+            return lambda: batch_of(texts, length)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # as SentenceTransformer.encode sorts
+
         def run() -> np.ndarray:
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
-            with torch.inference_mode():
-                feeds = [enc[n].to(device) if n in enc else torch.zeros_like(enc["input_ids"]).to(device)
-                         for n in ("input_ids", "attention_mask", "token_type_ids")]
-                out = encode(*feeds[: 3 if model.uses_token_type_ids else 2])["sentence_embedding"]
-                if provider.gpu:
-                    torch.cuda.synchronize()
-                return out.float().cpu().numpy()
+            parts = [(order[k:k + batch], batch_of([texts[i] for i in order[k:k + batch]], length))
+                     for k in range(0, len(order), batch)]
+            out = np.empty((len(texts), parts[0][1].shape[1]), dtype=np.float32)
+            for rows, vectors in parts:
+                out[rows] = vectors
+            return out
         return run
     return eager
 
@@ -375,10 +442,10 @@ def write_outputs(report: BenchReport, out_dir: Path) -> tuple[Path, Path | None
     for k, (name, device) in enumerate(names):
         values = [next((c.tokens_per_s for c in report.cells if (c.candidate, c.device, c.batch, c.length) == (name, device, *s)), 0) for s in shapes]
         ax.bar([i + k * width for i in range(len(shapes))], values, width, label=f"{name} ({device})")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], [f"{b}×{n}" for b, n in shapes])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], [f"{b}×{n}" if n else "corpus" for b, n in shapes])
     ax.set_yscale("log")
     ax.set_ylabel("tokens/s (log)")
-    ax.set_xlabel("batch × tokens")
+    ax.set_xlabel("batch × tokens, and the corpus")
     ax.set_title(f"{report.model} + {report.pooling}: tokenization + model + pooling ({report.machine['date']})")
     ax.legend(fontsize=8)
     fig.tight_layout()

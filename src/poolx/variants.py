@@ -213,7 +213,10 @@ class Variant:
 
 
 def bench_variants(target: Provider) -> tuple[Variant, ...]:
-    """The variants `poolx bench` builds for a device: CPU fp32, fp32 fused and int8; CUDA fp32 fused and fp16."""
+    """The variants `poolx bench` builds for a device: CPU fp32, fp32 fused and int8; CUDA fp32 fused and fp16;
+    OpenVINO the plain graph (it compiles the graph itself and takes neither fused nor int8 graphs)."""
     if target is CPU:
         return (Variant(), Variant(FP32, True, CPU), Variant(INT8, False, CPU))
+    if target.runtime == "openvino":
+        return (Variant(),)
     return (Variant(FP32, True, CUDA), Variant(FP16, True, CUDA))
