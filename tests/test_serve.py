@@ -189,8 +189,8 @@ def test_sigterm_drains_in_flight_requests_and_exits(exported):
     threads = [threading.Thread(target=call) for _ in range(6)]
     for t in threads:
         t.start()
-    deadline = time.time() + 10
-    while time.time() < deadline and _metric(url, "poolx_requests_in_flight", {}) < 2:  # (the scrape is one)
+    deadline = time.time() + 20  # until every request has reached the server (the scrape is one in flight)
+    while time.time() < deadline and _metric(url, "poolx_requests_in_flight", {}) - 1 + len(results) < 6:
         time.sleep(0.01)
     start = time.time()
     proc.send_signal(signal.SIGTERM)

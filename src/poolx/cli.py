@@ -511,8 +511,8 @@ def serve(
              "waits: what queues up during a run is the next batch).")] = 0.0,
     max_inputs: Annotated[int, typer.Option(help="Texts per request.")] = 2048,
     max_connections: Annotated[int, typer.Option(
-        help="Open connections at most; beyond it a new connection closes the one idle longest (/health always "
-             "gets through).")] = 512,
+        help="Open connections at most; beyond it a new connection closes the one waiting longest without a "
+             "request (/health always gets through).")] = 512,
     header_timeout: Annotated[float, typer.Option(
         help="Seconds a client has to send a request's line and headers (from connecting, or from the request's "
              "first byte on a kept-alive connection).")] = 10.0,

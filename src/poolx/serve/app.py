@@ -16,9 +16,9 @@ import hmac
 import logging
 import sys
 import time
-from datetime import datetime
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, AsyncIterator, Union
 
 import numpy as np
@@ -46,15 +46,14 @@ class Limits:
 
 
 class Lifecycle:
-    """What the server and its app share about stopping. `draining` from SIGTERM/SIGINT on (new requests get a
-    503), `expired` once the drain time is up (the requests still held are cancelled, each answered with a 503).
+    """What the server and its app share about stopping: `draining` from SIGTERM/SIGINT on (new requests get a
+    503; once the drain time is up the server cancels the requests still held, and each is answered with a 503).
     Requests other than /health that finish while draining are counted: answered (any response of their own),
     failed (the 503 at the drain timeout), refused (arrived while stopping) or lost (the client went away)."""
 
     def __init__(self) -> None:
         self.in_flight = 0  # requests (all but /health) being answered
         self.draining = False
-        self.expired = False
         self.answered = self.failed = self.refused = self.lost = 0
 
 

@@ -41,7 +41,6 @@ class Connections:
         self.max_connections, self.header_timeout, self.body_timeout = max_connections, header_timeout, body_timeout
         self.log = log  # log(client, method, path, status): the access log, for what a connection answers itself
         self.waiting: dict[GuardedProtocol, None] = {}  # insertion order: the longest-waiting first
-        self.evicted = 0
 
 
 def protocol_class(connections: Connections) -> type[asyncio.Protocol]:
@@ -70,7 +69,6 @@ class GuardedProtocol(HttpToolsProtocol):
         if len(self.connections) > guard.max_connections:
             victim = next((c for c in guard.waiting if c is not self), None)
             if victim is not None:
-                guard.evicted += 1
                 victim._expire(503, "the server is at its connection limit; this connection waited longest")
             else:  # every other connection holds a request: this one may only ask /health
                 self.app = _overflow(self.app)

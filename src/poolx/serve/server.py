@@ -3,9 +3,10 @@
 On the CPU the server runs `threads` single-threaded model runs at once (on the small merged batches a server sees,
 1.15-1.2x one multi-threaded run: benchmarks/RESULTS.md); on a GPU one run at a time.
 
-Connections (protocol.py): at most `max_connections` (a new one closes the longest-idle one; /health always gets
-through), each must send its request head within `header_timeout` seconds and its body within `body_timeout`,
-and is closed after `timeout_keep_alive` idle seconds.
+Connections (protocol.py): at most `max_connections` (beyond it a new one closes the one waiting longest without
+a request; /health always gets through); each must send its request head within `header_timeout` seconds, its
+body within `body_timeout` and take its answer within `body_timeout`, and is closed after `timeout_keep_alive`
+idle seconds between requests.
 
 SIGTERM and Ctrl-C drain: the server stops accepting, closes idle connections, answers new requests on open ones
 with a JSON 503, and gives the requests it holds up to `drain_timeout` seconds to finish. Those still running then
@@ -175,7 +176,6 @@ def _draining_server(base: type) -> type:
             while (state.tasks or state.connections) and loop.time() < deadline and not self.force_exit:
                 await asyncio.sleep(0.02)
             if state.tasks:
-                self.lifecycle.expired = True
                 for task in list(state.tasks):
                     task.cancel()  # poolx's Guard answers each with a JSON 503
                 give_up = loop.time() + 2.0
