@@ -174,3 +174,116 @@ def test_the_embedder_cuts_long_texts(bert_mean):
     assert time.perf_counter() - start < 1.0
     np.testing.assert_allclose(vectors, embedder.embed([long[:2000], "short"]), atol=1e-6)
     assert embedder.truncated == 2
+
+
+# ------------------------------------------------------------------------------------------- item 5: the readers
+
+
+@pytest.fixture
+def small_limits(monkeypatch):
+    """The readers' bounds at 1 MiB characters per line and 256 KiB per batch (64 Mi and 32 Mi in use)."""
+    import poolx.corpus.reader as reader
+
+    monkeypatch.setattr(reader, "MAX_LINE_CHARS", 1 << 20)
+    monkeypatch.setattr(reader, "BATCH_CHARS", 1 << 18)
+    return reader
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_a_line_without_end_is_refused_naming_it(small_limits, tmp_path, suffix):
+    from poolx.corpus import read_corpus
+    from poolx.errors import UsageError
+
+    path = tmp_path / f"corpus{suffix}"
+    head = {".txt": "a text\n", ".jsonl": '{"text": "a text"}\n', ".csv": "text\na text\n"}[suffix]
+    path.write_text(head + "y" * (3 << 20))  # no line end: a binary, a file cut short, a device
+    with pytest.raises(UsageError, match=r"line (2|3) is longer than 1,048,576 characters") as error:
+        read_corpus(path)
+    assert "\n" not in str(error.value)
+    longest = {".txt": "y" * (1 << 20), ".jsonl": '{"text": "' + "y" * ((1 << 20) - 12) + '"}',
+               ".csv": "y" * (1 << 20)}[suffix]
+    path.write_text(head + longest + "\n")  # at the bound: read
+    assert len(read_corpus(path).texts[1]) == len(longest) - (12 if suffix == ".jsonl" else 0)
+
+
+def test_a_csv_field_of_many_lines_is_bounded_too(small_limits, tmp_path):
+    from poolx.corpus import read_corpus
+    from poolx.errors import UsageError
+
+    path = tmp_path / "corpus.csv"
+    path.write_text('text\n"an unclosed quote\n' + "more text\n" * 200_000)
+    with pytest.raises(UsageError, match=r"line \d+: a field is longer than 1,048,576 characters"):
+        read_corpus(path)
+
+
+def test_batches_end_on_characters_as_well_as_rows(small_limits, tmp_path):
+    from poolx.corpus import open_corpus
+
+    path = tmp_path / "corpus.txt"
+    path.write_text(("x" * 100_000 + "\n") * 10 + "short\n" * 10)
+    with open_corpus(path) as reader:
+        sizes = [len(b.texts) for b in reader]
+    assert sizes == [3, 3, 3, 11]  # 256 KiB of characters, then the rest (under 4,096 rows)
+
+
+DEV_ZERO = """
+import sys
+import poolx.corpus.reader as reader
+from poolx.corpus import open_corpus
+from poolx.errors import UsageError
+reader.MAX_LINE_CHARS = 1 << 20
+try:
+    with open_corpus(sys.argv[1]) as corpus:
+        for batch in corpus:
+            pass
+except UsageError as e:
+    print(e)
+"""
+
+
+def test_dev_zero_is_refused_after_a_bounded_read(tmp_path):
+    """/dev/zero (here through a .txt link) never ends and has no line end: it was counted for a progress bar
+    forever, then read as one line until memory ran out. Now it is not counted (not a regular file) and refused
+    at the line bound. In a process of its own, bounded in time and memory."""
+    import subprocess
+    import sys
+
+    zero = tmp_path / "zero.txt"
+    zero.symlink_to("/dev/zero")
+    done = subprocess.run([sys.executable, "-c", DEV_ZERO, str(zero)], capture_output=True, text=True, timeout=30,
+                          preexec_fn=lambda: __import__("resource").setrlimit(
+                              __import__("resource").RLIMIT_AS, (4 << 30, 4 << 30)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{zero} line 1 is longer than 1,048,576 characters; a line holds one text (is this a text file, with line ends?)"
+
+
+def test_not_utf8_is_located_without_reading_a_line_whole(tmp_path, monkeypatch):
+    """The error for a file that is not UTF-8 reads it again in blocks: a bad byte 3 MB into a line without end is
+    named by line and offset, and a multi-byte character cut by a block boundary is no error."""
+    from poolx.corpus import read_corpus
+    from poolx.errors import UsageError
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"first\n" + "é".encode() * (1 << 19) + b"\xff" + b"z" * (3 << 20))
+    with pytest.raises(UsageError, match=rf"byte 0xff at line 2 \(byte offset {6 + (1 << 20)}\)"):
+        read_corpus(path)
+
+
+def test_reading_a_corpus_ten_times_longer_takes_no_more_memory(tmp_path):
+    """The readers stream: 100,000 rows peak where 10,000 do (.txt and .jsonl with ids, through the duplicate-id
+    check; Linux's peak RSS, reset between the two)."""
+    from poolx.corpus import open_corpus
+
+    if not _reset_peak_rss():
+        pytest.skip("needs /proc/self/clear_refs")
+    peaks = {}
+    for rows in (10_000, 100_000):
+        path = tmp_path / f"c{rows}.jsonl"
+        path.write_text("".join(f'{{"id": "doc-{i}", "text": "text {i} on topic {i % 13}"}}\n' for i in range(rows)))
+        _reset_peak_rss()
+        base = _peak_rss_mb()
+        with open_corpus(path, id_column="id") as reader:
+            assert sum(len(b.texts) for b in reader) == rows
+        peaks[rows] = _peak_rss_mb() - base
+        path.unlink()
+    assert peaks[100_000] < peaks[10_000] + 4, peaks  # the id check keeps 8 bytes per id: 0.8 MB

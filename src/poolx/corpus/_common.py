@@ -64,18 +64,31 @@ def is_string(pa: Any, type_: Any) -> bool:
 
 
 def not_utf8(path: Path) -> UsageError:
-    """The error for a file that is not UTF-8, naming the first bad byte's line and offset."""
+    """The error for a file that is not UTF-8, naming the first bad byte's line and offset (read again in blocks of
+    1 MiB, so a file without line ends is not read whole; a pipe or a device, which cannot be read again, is named
+    alone)."""
+    import codecs
+
     fixed = path.with_name(path.stem + ".utf8" + path.suffix)
     fix = f"convert it first, e.g. iconv -f LATIN1 -t UTF-8 {path} > {fixed}"
-    offset = 0
+    if not path.is_file():
+        return UsageError(f"{path} is not UTF-8; {fix}")
+    offset, line, carry = 0, 1, b""
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):  # a \n byte never occurs inside a multi-byte UTF-8 character
-            try:
-                raw.decode("utf-8")
+        while True:
+            block = f.read(1 << 20)
+            data = carry + block
+            try:  # final=False keeps a character cut by the block's end for the next block
+                _, consumed = codecs.utf_8_decode(data, "strict", not block)
             except UnicodeDecodeError as e:
-                return UsageError(f"{path} is not UTF-8: byte 0x{raw[e.start]:02x} at line {number} (byte offset "
+                line += data.count(b"\n", 0, e.start)  # a \n byte never occurs inside a multi-byte character
+                return UsageError(f"{path} is not UTF-8: byte 0x{data[e.start]:02x} at line {line} (byte offset "
                                   f"{offset + e.start}) cannot be decoded; {fix}")
-            offset += len(raw)
+            line += data.count(b"\n", 0, consumed)
+            offset += consumed
+            carry = data[consumed:]
+            if not block:
+                break
     return UsageError(f"{path} is not UTF-8; {fix}")
 
 

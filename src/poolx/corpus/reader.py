@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, Union
@@ -26,7 +25,12 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 
 BATCH_ROWS = 4096  # rows per Batch: what `poolx embed` embeds (sorted by length within) and writes per step
-_CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)  # long texts are normal here
+BATCH_CHARS = 1 << 25  # a Batch also ends once its texts hold this many characters (32 Mi): long texts, few rows
+# The longest line (.txt, .jsonl) or CSV field read: 64 Mi characters. The model reads a text's first max_length
+# tokens (a few KB; a longer text is cut before it is tokenized), so a longer line is no text but a file without
+# line ends, a binary or a device such as /dev/zero, which would otherwise be read into memory without end: it is
+# refused, naming its line, after reading at most this much of it.
+MAX_LINE_CHARS = 1 << 26
 
 
 class Batch(NamedTuple):
@@ -164,7 +168,7 @@ class CorpusReader:
         fmt = self.format
         if fmt == "parquet":
             self._parts = self._parquet_parts()
-        elif fmt == "txt":
+        elif fmt == "txt" and self.source.is_file():  # a pipe or a device cannot be read twice, or ends never
             self.total = _count_lines(self.source)
         if self.id_column is not None:
             self._ids = _IdChecker(self.source, self._rescan)
@@ -319,23 +323,52 @@ def _key(value: Any) -> int:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line without its `\\n` or `\\r\\n`), decoded strictly; a leading BOM is dropped."""
+    """(line number, line without its `\\n` or `\\r\\n`), decoded strictly; a leading BOM is dropped. A line of
+    more than MAX_LINE_CHARS characters is refused once that much of it is read (`_too_long`)."""
+    limit = MAX_LINE_CHARS
     with open(path, encoding="utf-8-sig", newline="\n") as f:  # newline="\n": split on \n only, untranslated
-        for number, line in enumerate(f, 1):
+        number = 0
+        while True:
+            line = f.readline(limit + 2)  # the longest line allowed, its \r\n, or a sign that it goes on
+            if not line:
+                return
+            number += 1
             if line.endswith("\n"):
                 line = line[:-1]
             if line.endswith("\r"):
                 line = line[:-1]
+            if len(line) > limit:
+                raise _too_long(path, number)
             yield number, line
+
+
+def _too_long(path: Path, number: int) -> UsageError:
+    return UsageError(f"{path} line {number} is longer than {MAX_LINE_CHARS:,} characters; a line holds one text "
+                      f"(is this a text file, with line ends?)")
+
+
+def _bounded_lines(f: Any, path: Path) -> Iterator[str]:
+    """The lines of a text file opened with newline="" (for the csv module), each at most MAX_LINE_CHARS long."""
+    number = 0
+    while True:
+        line = f.readline(MAX_LINE_CHARS + 2)
+        if not line:
+            return
+        number += 1
+        if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
+            raise _too_long(path, number)
+        yield line
 
 
 def _read_txt(path: Path, batch_rows: int) -> Iterator[_Raw]:
     texts: list[str] = []
+    chars = 0
     for _, line in _lines(path):
         texts.append(line)
-        if len(texts) >= batch_rows:
+        chars += len(line)
+        if len(texts) >= batch_rows or chars >= BATCH_CHARS:
             yield _Raw(texts, None, None)
-            texts = []
+            texts, chars = [], 0
     if texts:
         yield _Raw(texts, None, None)
 
@@ -344,6 +377,7 @@ def _read_jsonl(path: Path, column: str, id_column: Optional[str], batch_rows: i
     texts: list[str] = []
     ids: Optional[list[Any]] = [] if id_column is not None else None
     places: list[str] = []
+    chars = 0
     hint = (" (a .json input is read as JSON Lines: one object per line, not one JSON document)"
             if path.suffix.lower() == ".json" else "")
     for number, line in _lines(path):
@@ -361,13 +395,14 @@ def _read_jsonl(path: Path, column: str, id_column: Optional[str], batch_rows: i
             raise UsageError(f"{path} line {number} is a JSON {json_kind(obj)}, not an object; write one object per "
                              f"line such as {{\"{column}\": \"...\"}}{hint}")
         texts.append(_jsonl_field(path, number, obj, column, column, id_column))
+        chars += len(line)
         if ids is not None:
             assert id_column is not None
             ids.append(_jsonl_field(path, number, obj, id_column, column, id_column))
             places.append(f"line {number}")
-        if len(texts) >= batch_rows:
+        if len(texts) >= batch_rows or chars >= BATCH_CHARS:
             yield _Raw(texts, ids, places if ids is not None else None)
-            texts, ids, places = [], [] if ids is not None else None, []
+            texts, ids, places, chars = [], [] if ids is not None else None, [], 0
     if texts:
         yield _Raw(texts, ids, places if ids is not None else None)
 
@@ -400,14 +435,16 @@ def _read_csv(
     """Python's csv module, strict: pyarrow's CSV reader would take a stray quote (`"a"b`, an unclosed quote, a TSV
     field starting with a quote) as data without a word, and names no line numbers."""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, strict=True)  # a stray quote is an error, not a merged row
+        # a stray quote is an error, not a merged row; no line is read whole beyond MAX_LINE_CHARS
+        reader = csv.reader(_bounded_lines(f, path), delimiter=delimiter, strict=True)
         header: Optional[list[str]] = None
         text_at = id_at = -1
         while True:
             texts: list[str] = []
             ids: Optional[list[Any]] = [] if id_column is not None else None
             places: list[str] = []
-            limit = csv.field_size_limit(_CSV_FIELD_LIMIT)  # only while this batch is read: the limit is global
+            chars = 0
+            limit = csv.field_size_limit(MAX_LINE_CHARS)  # only while this batch is read: the limit is global
             try:
                 for row in reader:
                     if not row:  # a blank line
@@ -423,15 +460,19 @@ def _read_csv(
                                          f"{len(header)}; quote fields that contain {_delimiter_name(delimiter)}, "
                                          f"quotes or newlines")
                     texts.append(row[text_at])
+                    chars += len(row[text_at])
                     if ids is not None:
                         if not row[id_at]:
                             raise UsageError(f"{path} line {reader.line_num}: the id column {id_column!r} is empty; "
                                              f"every row needs an id")
                         ids.append(row[id_at])
                         places.append(f"line {reader.line_num}")
-                    if len(texts) >= batch_rows:
+                    if len(texts) >= batch_rows or chars >= BATCH_CHARS:
                         break
             except csv.Error as e:
+                if "field limit" in str(e):  # a quoted field of many lines, longer than MAX_LINE_CHARS in all
+                    raise UsageError(f"{path} line {reader.line_num}: a field is longer than {MAX_LINE_CHARS:,} "
+                                     f"characters (an unclosed quote?)") from None
                 kind, why = ("TSV" if delimiter == "\t" else "CSV"), str(e).replace("\t", "\\t")
                 raise UsageError(f"{path} line {reader.line_num} is not valid {kind} ({why}); a field that holds "
                                  f"quotes must be quoted, with each quote doubled (\"\")") from None
