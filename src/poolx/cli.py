@@ -438,7 +438,11 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(
         help="CPU threads for every candidate (torch, onnxruntime, OpenVINO). Default: the cores this process may use.",
         show_default=False)] = None,
-    provider: Annotated[Optional[list[str]], typer.Option(help="Limit to these providers (cpu, cuda); default: all present.", show_default=False)] = None,
+    provider: Annotated[Optional[list[str]], typer.Option(
+        help="Limit to these providers (cpu, openvino, cuda); default: all present.", show_default=False)] = None,
+    corpus: Annotated[str, typer.Option(
+        help="Real-text workload: N texts of the packaged corpus (10,000 chunks of documentation, 5-300 tokens; "
+        "0: none), or a .txt file with one text per line. Each candidate embeds them all in batches of 32.")] = "1000",
     out: Annotated[Path, typer.Option(help="Directory for bench.json and bench.png.")] = Path("poolx-bench"),
     reuse: Annotated[Optional[Path], typer.Option(
         help="Keep the exported variants in this directory and reuse them on later runs (re-exported when the "
@@ -456,14 +460,14 @@ def bench(
     report = run_bench(
         directory, batch_sizes=_int_list(batch_sizes, "--batch-sizes") or [], lengths=_int_list(lengths, "--lengths") or [],
         seconds=seconds, threads=threads, providers=provider, log=lambda m: _stderr().print(m, markup=False),
-        reuse=reuse, rounds=rounds,
+        reuse=reuse, rounds=rounds, corpus=corpus,
     )
-    table = Table("candidate", "device", "batch×tokens", "tokens/s", "p50 ms", "p99 ms", f"vs {report.baseline}",
+    table = Table("candidate", "device", "workload", "tokens/s", "texts/s", "p50 ms", "p99 ms", f"vs {report.baseline}",
                   "max abs", "min cosine",
                   title=f"each candidate in its own process, {report.machine['cpu_threads']} CPU threads, {rounds} round(s)")
     for c in report.cells:
         table.add_row(
-            c.candidate, c.device, f"{c.batch}×{c.length}", f"{c.tokens_per_s:,.0f}", f"{c.p50_ms:.2f}",
+            c.candidate, c.device, c.workload, f"{c.tokens_per_s:,.0f}", f"{(c.texts_per_s or c.batch / c.p50_ms * 1e3):,.0f}", f"{c.p50_ms:.2f}",
             f"{c.p99_ms:.2f}", f"{c.speedup:.2f}×" if c.speedup else "-", f"{c.max_abs:.1e}", f"{c.min_cosine:.5f}",
         )
     Console(width=max(Console().width, 120)).print(table)
