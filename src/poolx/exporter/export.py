@@ -16,7 +16,7 @@ import torch
 
 from poolx.errors import ExportError, PoolxError, UsageError, first_line
 from poolx.exporter.trace import (
-    DEFAULT_OPSET, EXTERNAL_DATA_FILE, GRAPH_FILE, OPSETS, io_spec, trace, write_graph,
+    EXTERNAL_DATA_FILE, GRAPH_FILE, check_exporter, check_opset, default_opset, io_spec, trace, write_graph,
 )
 from poolx.manifest import MANIFEST, Manifest, checksum_tree, source_weights
 from poolx.models.encoder import PooledEncoder
@@ -60,7 +60,7 @@ def export(
     pooling: str | None = None,
     num_labels: int | None = None,
     raw_outputs: Sequence[str] = (),
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     max_length: int | None = None,
     force: bool = False,
     seed: int = 0,
@@ -71,6 +71,7 @@ def export(
     variant: Variant | None = None,
     calibration: Sequence[str] | None = None,
     normalize: bool = False,
+    exporter: str | None = None,
     **options: Any,
 ) -> ExportResult:
     """Export `model` (None: the packaged all-MiniLM-L6-v2; a Hugging Face or poolx directory; a cached hub id)
@@ -78,7 +79,9 @@ def export(
     it, given as `variant` or as `precision`/`optimize`/`target` (`Variant.resolve`); int8 calibrates on
     `calibration` texts (default the built-in ones). A sentence-transformers directory is exported with its
     pipeline (Pooling, Dense, Normalize; `pooling` replaces its Pooling step) and its prompts; `normalize` adds L2
-    normalization to the graph of any model. Raises a PoolxError subclass on any failure, leaving no output."""
+    normalization to the graph of any model. `exporter` is torch's "torchscript" or "dynamo" exporter (None: the
+    backbone adapter's choice among those that write `opset`); `opset` None is the exporter's default (17, 18).
+    Raises a PoolxError subclass on any failure, leaving no output."""
     start = time.perf_counter()
     output = _check_output(Path(output), force)
     if variant is None:
@@ -86,8 +89,9 @@ def export(
     variant.check_outputs(raw_outputs)
     if calibration is not None and variant.precision is not INT8:
         raise UsageError("--calibration is for --precision int8")
-    if opset not in OPSETS:
-        raise UsageError(f"opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+    check_exporter(exporter)
+    if opset is not None:  # before loading: the named exporter's range, else torchscript's (14..20, dynamo's within)
+        check_opset(opset, exporter or "torchscript")
     if external_data not in ("auto", "always", "never"):
         raise UsageError(f"external_data must be auto, always or never, got {external_data!r}")
 
@@ -105,6 +109,9 @@ def export(
             f"({'+'.join(pipeline.modes)}); the steps after it are kept: {' -> '.join(pipeline.after_pooling()) or 'none'}"
         )
     spec = io_spec(encoder, raw_outputs)
+    exporter = exporter or encoder.adapter.exporter_for(opset)
+    opset = default_opset(exporter) if opset is None else opset
+    check_opset(opset, exporter)
     limit = encoder.position_limit
     if max_length is None:
         max_length = default_max_length(source, limit, tokenizer)
@@ -112,7 +119,7 @@ def export(
         raise UsageError(f"max_length {max_length} is out of range for this model; use 2..{limit}")
 
     with staged_directory(output) as tmp:
-        graph = trace(encoder, spec, tokenizer, tmp, opset)
+        graph = trace(encoder, spec, tokenizer, tmp, opset, exporter)
         tokenizer.padding_side = encoder.adapter.padding_side  # what the graph's poolers assume and the runtime does
         tokenizer.save_pretrained(tmp)
         from poolx.models.head import save_head
@@ -122,7 +129,7 @@ def export(
         manifest = Manifest(
             source=_describe_source(source, encoder),
             pooling={**head, "seed": seed},
-            graph={"file": GRAPH_FILE, "opset": opset, "exporter": "torchscript", "external_data": None,
+            graph={"file": GRAPH_FILE, "opset": opset, "exporter": exporter, "external_data": None,
                    "attention": "eager", "fusions": None, "quantization": None},
             io=spec,
             tokenizer={
@@ -154,9 +161,11 @@ def build_variant(
 ) -> Any:
     """The variant of the traced fp32 ModelProto `model`, with how it was made recorded in the manifest's graph
     section: int8 quantizes the unfused graph (its int8 MatMuls run faster there), then applies the fusions that
-    still apply when fused; fp32 and fp16 fuse, and fp16 converts the fused graph."""
+    still apply when fused; fp32 and fp16 fuse, and fp16 converts the fused graph. The fusions are those of the
+    graph's exporter (manifest.graph["exporter"])."""
     from poolx.exporter.fuse import fuse, to_fp16
 
+    exporter = manifest.graph.get("exporter", "torchscript")
     try:
         if variant.precision is INT8:
             from poolx.exporter.calibration import CALIBRATION_TEXTS
@@ -170,14 +179,16 @@ def build_variant(
             if variant.fused:
                 optimized, manifest.graph["fusions"] = fuse(
                     model, encoder.backbone.config, variant.target, attention=False, model_type=encoder.adapter.optimizer_model_type,
+                    exporter=exporter,
                 )
                 model = optimized.model
         elif variant.fused:
             optimized, manifest.graph["fusions"] = fuse(
                 model, encoder.backbone.config, variant.target, model_type=encoder.adapter.optimizer_model_type,
+                exporter=exporter,
             )
             if variant.precision is FP16:
-                manifest.graph["fp32_nodes"] = to_fp16(optimized)
+                manifest.graph["fp32_nodes"] = to_fp16(optimized, exporter)
             model = optimized.model
     except PoolxError:
         raise

@@ -7,6 +7,12 @@
   SimplifiedLayerNormalization and SkipSimplifiedLayerNormalization: the first is an op onnxruntime defines in the
   ONNX domain itself, which onnx does not know, so its schema (onnxruntime's own) is registered with onnx before
   the graph is checked (`register_onnxruntime_schemas`).
+- On graphs of the dynamo exporter (poolx.exporter.dynamo) onnxruntime's optimizer fuses no attention (and
+  crashes on ModernBERT's), so `fuse` runs onnxscript's ort fusions there (`optimize_for_ort`: Attention or
+  MultiHeadAttention, SkipLayerNormalization, BiasGelu, RMSNorm and rotary ops), which keep each node's torch
+  scope metadata; the nodes are then named by scope again (the fused ones get new names). onnxruntime's optimizer
+  is not run after them: on the fused graphs it adds no fusion (measured on every family; see
+  benchmarks/exporters.py).
 - fp16 (for CUDA): the fused graph converted with onnxruntime's float16 converter, inputs and outputs kept
   float32. The fused LayerNorm kernels keep their statistics in float32; the pooler and the head (every node under
   the `/pooler/` and `/head/` scopes, WK's float64 Gram part included) stay float32.
@@ -21,14 +27,24 @@ from typing import Any, Iterator
 from poolx.providers import Provider
 
 FP32_SCOPES = ("/pooler/", "/head/")  # torch module scopes of everything after the backbone
+# The ops counted as fusions (onnxruntime's optimizer's own statistics, plus GroupQueryAttention)
+FUSED_OPS = (
+    "EmbedLayerNormalization", "Attention", "MultiHeadAttention", "GroupQueryAttention", "Gelu", "FastGelu",
+    "BiasGelu", "GemmFastGelu", "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "RotaryEmbedding",
+)
 
 
 def fuse(
     model: Any, config: Any, target: Provider, *, attention: bool = True, model_type: str = "bert",
+    exporter: str = "torchscript",
 ) -> tuple[Any, dict[str, int]]:
     """onnxruntime's transformer optimizer on an onnx ModelProto (python fusions only, opt_level 0, so the file
     stays portable across providers), for the optimizer's `model_type` (the backbone adapter's) and the target's
-    device. Returns the optimizer's OnnxModel and the counts of fused ops."""
+    device; on a dynamo graph onnxscript's fusions instead (`fuse_dynamo`). Returns an onnxruntime OnnxModel and
+    the counts of fused ops."""
+    if exporter == "dynamo":
+        return fuse_dynamo(model, attention=attention)
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -43,6 +59,36 @@ def fuse(
     register_onnxruntime_schemas(optimized.model)
     counts = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     return optimized, counts
+
+
+def fuse_dynamo(model: Any, *, attention: bool = True) -> tuple[Any, dict[str, int]]:
+    """onnxscript's ort fusions (`optimize_for_ort`) on a dynamo-exporter ModelProto; returns an onnxruntime
+    OnnxModel (for the fp16 step) and the counts of fused ops (FUSED_OPS present in the graph). `attention=False`
+    (int8: its quantized MatMuls are not attention projections any more) runs the same fusions: their attention
+    patterns need float MatMul projections, so they leave a quantized graph's attention as it is."""
+    import onnx_ir as ir
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    from poolx.exporter.dynamo import name_nodes_by_scope
+
+    del attention  # see the docstring
+    with quiet():
+        fused, _ = optimize_for_ort(ir.from_proto(model))
+        proto = ir.to_proto(fused)
+    _import_contrib_domain(proto)
+    register_onnxruntime_schemas(proto)
+    name_nodes_by_scope(proto)
+    return OnnxModel(proto), fused_op_counts(proto)
+
+
+def fused_op_counts(model: Any) -> dict[str, int]:
+    """How many of each FUSED_OPS op `model` holds (those it holds)."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in FUSED_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 def _import_contrib_domain(model: Any) -> None:
@@ -125,13 +171,18 @@ def _onnx_schema(schema: Any, OpSchema: Any) -> Any:
     )
 
 
-def to_fp16(optimized: Any) -> int:
+def to_fp16(optimized: Any, exporter: str = "torchscript") -> int:
     """Convert the backbone of a fused OnnxModel to float16 in place; float32 inputs/outputs and pooler. Returns
     how many nodes were kept float32 on purpose."""
     keep = [n.name for n in optimized.model.graph.node if n.name.startswith(FP32_SCOPES)]
     with quiet():
         optimized.convert_float_to_float16(keep_io_types=True, node_block_list=keep)
         optimized.topological_sort()  # the converter appends its Cast nodes at the end
+    if exporter == "dynamo":
+        # The converter types values from the graph's value_info (onnxruntime's symbolic shape inference does not
+        # complete on dynamo graphs; onnxscript's fusions typed every value) and leaves some of those entries
+        # float32 where it converted the value: drop them, onnx and onnxruntime infer types again.
+        del optimized.model.graph.value_info[:]
     return len(keep)
 
 

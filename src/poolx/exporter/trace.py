@@ -1,7 +1,13 @@
-"""Tracing: a PooledEncoder -> an ONNX graph with the I/O spec's names, dtypes and dynamic axes, through torch's
-TorchScript exporter (`dynamo=False`) with eager attention: the graph onnxruntime's transformer optimizer fuses
-(attention included), and the one that can output `attentions`. Then the graph is written (weights inline or as
-external data) and checked with onnx's checker."""
+"""Tracing: a PooledEncoder -> an ONNX graph with the I/O spec's names, dtypes and dynamic axes, with eager
+attention (the one that can output `attentions`), through one of torch's two exporters:
+
+- "torchscript" (`dynamo=False`): the graph onnxruntime's transformer optimizer fuses (attention included, for
+  BERT-style self-attention). Deprecated by torch (it warns on every export) but still shipped.
+- "dynamo" (`torch.export` + `dynamo=True`, poolx.exporter.dynamo): the graph onnxscript's ort fusions rewrite
+  (attention fused on rotary encoders and decoders too); opset 18 and later.
+
+The backbone adapter names the default for its family (`BackboneAdapter.exporter`). Then the graph is written
+(weights inline or as external data) and checked with onnx's checker."""
 
 from __future__ import annotations
 
@@ -21,6 +27,28 @@ GRAPH_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 OPSETS = range(14, 21)  # what torch's TorchScript exporter writes; 17+ keeps LayerNormalization one node
 DEFAULT_OPSET = 17
+EXPORTERS = ("torchscript", "dynamo")
+
+
+def check_exporter(exporter: str | None) -> None:
+    if exporter is not None and exporter not in EXPORTERS:
+        raise UsageError(f"unknown exporter {exporter!r}; choose one of: {', '.join(EXPORTERS)}")
+
+
+def default_opset(exporter: str) -> int:
+    from poolx.exporter import dynamo
+
+    return dynamo.DEFAULT_OPSET if exporter == "dynamo" else DEFAULT_OPSET
+
+
+def check_opset(opset: int, exporter: str) -> None:
+    """`opset` is one `exporter` writes, else UsageError."""
+    if exporter == "dynamo":
+        from poolx.exporter import dynamo
+
+        dynamo.check_opset(opset)
+    elif opset not in OPSETS:
+        raise UsageError(f"opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to model.onnx.data (protobuf caps at 2 GiB)
 
 
@@ -65,13 +93,19 @@ def example_inputs(tokenizer: Any, spec: IOSpec, batch: int = EXPORT_EXAMPLE_SHA
     return tuple(enc[name].to(torch.int64) for name in spec.input_names)
 
 
-def trace(encoder: PooledEncoder, spec: IOSpec, tokenizer: Any, directory: Path, opset: int) -> Any:
-    """Trace with torch's TorchScript exporter into a scratch folder of `directory`; returns the onnx ModelProto
-    (weights loaded, the scratch folder removed)."""
+def trace(
+    encoder: PooledEncoder, spec: IOSpec, tokenizer: Any, directory: Path, opset: int, exporter: str = "torchscript",
+) -> Any:
+    """Export with `exporter` ("torchscript": into a scratch folder of `directory`, removed after); returns the
+    onnx ModelProto (weights loaded)."""
     import onnx
 
     module = GraphModule(encoder, spec).eval()
     args = example_inputs(tokenizer, spec)
+    if exporter == "dynamo":
+        from poolx.exporter.dynamo import export_dynamo
+
+        return export_dynamo(module, args, spec, opset, f"pooler {encoder.pooler.name!r}")
     scratch = directory / ".trace"
     scratch.mkdir()
     path = scratch / GRAPH_FILE

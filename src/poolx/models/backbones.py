@@ -60,6 +60,11 @@ class BackboneAdapter:
     - `fusions`: the fused ops `poolx.exporter.fuse.fuse` produces on poolx's fp32 TorchScript graph of this
       family (with attention fusion on), as op -> (per layer, constant); None: not pinned (GENERIC);
       `fusions_extra`: the ops a config's options add to them (DeBERTa-v3's normed relative embeddings);
+    - `exporter`: torch's exporter poolx uses for the family when none is asked for: "torchscript" where its
+      fused graph is at least as fast as the dynamo exporter's (BERT-style attention, fused by onnxruntime's
+      optimizer), "dynamo" where only onnxscript's fusions fuse its attention; `dynamo_fusions`: the fused ops
+      `fuse` produces on the family's dynamo graph (onnxscript's fusions), as `fusions` (None: not pinned);
+      `dynamo_unfused`: why the dynamo graph's attention is not fused, where it is not;
     - `causal`: a decoder family, each token attending to earlier ones only (first-token poolers are refused);
     - `refuse`, `refuse_if`: why poolx does not export the family (None: it does), and the config attribute and
       value the refusal is limited to (None: always).
@@ -74,6 +79,9 @@ class BackboneAdapter:
     optimizer_model_type: str = "bert"
     fusions: Fusions | None = field(default=None, hash=False)
     fusions_extra: Callable[[Any], Mapping[str, int]] | None = field(default=None, hash=False, compare=False)
+    exporter: str = "torchscript"
+    dynamo_fusions: Fusions | None = field(default=None, hash=False)
+    dynamo_unfused: str | None = None
     causal: bool = False
     refuse: str | None = None
     refuse_if: tuple[str, Any] | None = None
@@ -152,13 +160,25 @@ class BackboneAdapter:
         return not any(str(k).startswith("pooler.") for k in missing_keys or ())
 
     # ---- onnxruntime's transformer optimizer -------------------------------------------------------------------
-    def expected_fusions(self, num_layers: int, config: Any = None) -> dict[str, int] | None:
-        """The fused op counts `fuse` gives on this family's fp32 graph with `num_layers` layers, and with the
-        modules `config`'s options add, when it is given (None: unknown)."""
-        if self.fusions is None:
+    def exporter_for(self, opset: int | None = None) -> str:
+        """The exporter used when none is asked for: the family's, unless `opset` is one only the TorchScript
+        exporter writes (below 18)."""
+        if self.exporter == "dynamo" and opset is not None and opset < 18:
+            return "torchscript"
+        return self.exporter
+
+    def expected_fusions(
+        self, num_layers: int, config: Any = None, exporter: str | None = None,
+    ) -> dict[str, int] | None:
+        """The fused op counts `fuse` gives on this family's fp32 graph from `exporter` (None: the family's
+        default) with `num_layers` layers, and with the modules `config`'s options add, when it is given (None:
+        unknown)."""
+        dynamo = (exporter or self.exporter) == "dynamo"
+        fusions = self.dynamo_fusions if dynamo else self.fusions
+        if fusions is None:
             return None
-        counts = {op: per * num_layers + const for op, (per, const) in self.fusions.items()}
-        if config is not None and self.fusions_extra is not None:
+        counts = {op: per * num_layers + const for op, (per, const) in fusions.items()}
+        if config is not None and self.fusions_extra is not None and not dynamo:
             for op, n in self.fusions_extra(config).items():
                 counts[op] = counts.get(op, 0) + n
         return counts

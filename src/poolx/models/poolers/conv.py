@@ -11,9 +11,16 @@ from poolx.models.base import BackboneFeatures, Pooler
 
 def _conv_mask(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Which output positions of a 'full' convolution (padding = kernel_size - 1) see at least one real input.
-    (B, S) float -> (B, S + kernel_size - 1)."""
-    padded = F.pad(mask, (kernel_size - 1, kernel_size - 1))
-    return F.max_pool1d(padded.unsqueeze(1), kernel_size, stride=1).squeeze(1)
+    (B, S) float -> (B, S + kernel_size - 1): the max over each window of kernel_size positions of the padded mask
+    (what `F.max_pool1d(padded, kernel_size, stride=1)` computes, value for value), taken as the elementwise max of
+    the kernel_size shifted windows. The shifts are slices with constant bounds (the last one's end counted from the
+    end), so no exporter sees the length: max_pool1d made torch.export fix the sequence axis to the example's."""
+    k = kernel_size
+    padded = F.pad(mask, (k - 1, k - 1))  # (B, S + 2k - 2)
+    out = padded[:, k - 1:]  # the window's last position, for each of the S + k - 1 windows
+    for j in range(k - 1):
+        out = torch.maximum(out, padded[:, j:j - (k - 1)])
+    return out
 
 
 class Conv1dPooler(Pooler):
