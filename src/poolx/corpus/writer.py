@@ -13,6 +13,7 @@ import orjson
 
 from poolx.corpus._common import OUTPUT_FORMATS, ArrowIds, pyarrow, supported
 from poolx.errors import PoolxError, UsageError
+from poolx.staging import hold, sweep_stale, temp_prefix
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,8 +70,10 @@ class EmbeddingWriter:
 
     Use it as a context manager and call `write(vectors, ids=..., texts=...)` with consecutive blocks of rows; their
     number need not be known in advance (`count`, when given, is checked). Rows go to a hidden temporary file
-    beside `path` (`.NAME.tmp-XXXX`), which is fsynced and moved onto `path` only when the block exits without an
-    error; otherwise (KeyboardInterrupt included) it is removed and `path`, if it existed, is left as it was. With
+    beside `path` (`.NAME.tmp-PID-XXXX`, locked while written), which is fsynced and moved onto `path` only when
+    the block exits without an error; otherwise (KeyboardInterrupt included, and SIGTERM where
+    `poolx.staging.interrupt_on_sigterm` is installed) it is removed and `path`, if it existed, is left as it was.
+    The temporaries of killed runs on `path` are removed on entry (`poolx.staging.sweep_stale`). With
     `ids` (and `texts`) every block brings its ids (texts), written as an `id` (`text`) field of .parquet and
     .jsonl rows; .npy holds the matrix only. Vectors must be finite. Floats in .jsonl are the shortest decimal
     that reads back (through a float64, as JSON readers do) to the same float32 bits.
@@ -107,10 +110,12 @@ class EmbeddingWriter:
         if self._used:
             raise RuntimeError("internal error: an EmbeddingWriter can be used for one `with` block only")
         self._used = True
+        sweep_stale(self.path)  # what a killed run on this output left (poolx.staging)
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
+            fd, name = tempfile.mkstemp(prefix=temp_prefix(self.path), dir=self.path.parent)
         except OSError as e:
             raise UsageError(f"cannot create a file in {self.path.parent}: {e.strerror or e}") from None
+        hold(fd)  # locked while this process writes it: a later run removes it only once the lock is free
         self._tmp = Path(name)
         try:
             self._file = os.fdopen(fd, "wb")
