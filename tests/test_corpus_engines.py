@@ -103,7 +103,8 @@ def test_a_duplicate_id_past_the_first_batch_is_refused(engine, bert_mean, tmp_p
 @pytest.mark.parametrize("content,args,needles", [
     (b"fine\n" * 5000 + b"caf\xe9\n", [], ["not UTF-8", "line 5001", "byte offset 25003"]),
     (b'{"text": "x"}\n', ["--column", "body"], ["line 1 has no field 'body'", "'text'"]),
-], ids=["not-utf8-deep-in-the-file", "missing-field"])
+    (b'{"text": "x"}\n' * 5000 + b'{"text": null}\n', [], ["line 5001 has no field 'text' (it is null)"]),
+], ids=["not-utf8-deep-in-the-file", "missing-field", "null-text-deep-in-the-file"])
 def test_bad_input_is_one_line_exit_2_and_no_output(engine, bert_mean, tmp_path, content, args, needles):
     src = tmp_path / ("in.jsonl" if content.startswith(b"{") else "in.txt")
     src.write_bytes(content)

@@ -2,7 +2,9 @@
 
 The export's files are put once in Ray's object store, so actors on any node get the same bytes (no shared file
 system needed) and check them against the manifest's sha256s. Each actor materializes them in a local temporary
-directory and holds one `Embedder` for its whole life: the model is loaded once per actor, never per batch. On
+directory, loads one `Embedder` from it and removes it at once (the session and tokenizer are in memory), so no
+exit of an actor or of the driver leaves a copy behind; it holds the Embedder for its whole life: the model is
+loaded once per actor, never per batch. On
 CUDA/TensorRT each actor asks Ray for one GPU; on the CPU for `threads` CPUs (and runs that many onnxruntime
 threads). Actors that die (a lost node, an OOM kill) are restarted and their batches retried by Ray Data, so no row
 is lost or written twice.
@@ -16,17 +18,19 @@ every row is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from poolx.errors import PoolxError, UsageError
 from poolx.manifest import Manifest
 from poolx.providers import Provider
+from poolx.staging import hold, stale
 
 
 
@@ -59,12 +63,8 @@ class _EmbedBatches:
 
         from poolx.runtime.embedder import Embedder
 
-        self.directory = Path(tempfile.mkdtemp(prefix="poolx-ray-"))
-        for name, data in ray.get(bundle[0]).items():  # bundle: [ObjectRef] (a bare ref would be resolved early)
-            path = self.directory / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        self.embedder = Embedder(self.directory, provider, threads=threads)  # checks every file's sha256
+        with _export_files(ray.get(bundle[0])) as directory:  # bundle: [ObjectRef] (a bare ref is resolved early)
+            self.embedder = Embedder(directory, provider, threads=threads)  # checks every file's sha256
         self.column, self.output_column = column, output_column
         self.normalize, self.batch_size, self.prompt_name = normalize, batch_size, prompt_name
 
@@ -74,15 +74,56 @@ class _EmbedBatches:
         texts = table.column(self.column).to_pylist()
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
-            raise UsageError(f"column {self.column!r} holds a {type(texts[bad]).__name__} (not a text) in a row")
+            what = "null" if texts[bad] is None else f"a {type(texts[bad]).__name__}, not a text,"
+            raise UsageError(f"column {self.column!r} is {what} in a row; every row needs a text (fill or drop "
+                             f"those rows first)")
         vectors = self.embedder.embed(texts, batch_size=self.batch_size, normalize=self.normalize,
                                       prompt_name=self.prompt_name)
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
         return table.append_column(self.output_column, column)
 
-    def __del__(self) -> None:
-        shutil.rmtree(getattr(self, "directory", ""), ignore_errors=True)
+
+ACTOR_DIR_PREFIX = "poolx-ray-"
+
+
+@contextlib.contextmanager
+def _export_files(files: dict[str, bytes]) -> Iterator[Path]:
+    """The export's files in a temporary directory of this node (`poolx-ray-PID-XXXX`, locked while it exists),
+    for as long as the Embedder loads: onnxruntime, OpenVINO and the tokenizer hold what they need in memory once
+    loaded, so the directory is removed then, whatever happens, and an actor that lives for hours, or is killed
+    later (its pool shut down, the driver interrupted, the node's Ray stopped), leaves nothing. A directory left
+    by an actor killed while loading is removed by the next actor or driver on the node (`sweep_actor_dirs`)."""
+    sweep_actor_dirs()
+    directory = Path(tempfile.mkdtemp(prefix=f"{ACTOR_DIR_PREFIX}{os.getpid()}-"))
+    lock = os.open(directory, os.O_RDONLY)
+    try:
+        hold(lock)
+        for name, data in files.items():
+            path = directory / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.close(lock)
+
+
+def sweep_actor_dirs(root: Optional[Path] = None) -> list[Path]:
+    """Remove the export copies in this node's temporary directory (or `root`) whose actor is gone: `poolx-ray-PID-*`
+    with a free lock and no running process PID (poolx.staging's rule for temporaries)."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(root.glob(f"{ACTOR_DIR_PREFIX}*-*"))
+    except OSError:
+        return removed
+    for path in entries:
+        pid = path.name[len(ACTOR_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and path.is_dir() and not path.is_symlink() and stale(path, int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def embed_dataset(
@@ -186,10 +227,13 @@ def run_file_job(
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = id_column is None  # no ids: row i of the output is row i of the input
-    ds = ray.data.read_datasource(_corpus_datasource(input_path, column, id_column, schema))
-    ds = embed_dataset(ds, directory, column="text", provider=provider, actors=actors, threads=threads,
-                       normalize=normalize, prompt_name=prompt_name)
-    return _write_output(ds, output, width, id_column is not None, force)
+    try:
+        ds = ray.data.read_datasource(_corpus_datasource(input_path, column, id_column, schema))
+        ds = embed_dataset(ds, directory, column="text", provider=provider, actors=actors, threads=threads,
+                           normalize=normalize, prompt_name=prompt_name)
+        return _write_output(ds, output, width, id_column is not None, force)
+    finally:  # what actors on this node killed while loading left (an error, Ctrl-C, SIGTERM: the driver survives)
+        sweep_actor_dirs()
 
 
 def _corpus_datasource(path: Path, column: str, id_column: Optional[str], schema: Any) -> Any:
