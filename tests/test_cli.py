@@ -347,3 +347,68 @@ def test_verify_on_your_own_texts(exported, tmp_path):
     (tmp_path / "blank.txt").write_text("\n  \n")
     one_line_error(run("verify", exported, "--texts", tmp_path / "blank.txt"), 2, "has no text")
     one_line_error(run("verify", exported, "--texts", tmp_path / "nope.txt"), 2, "no such file")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["embed", "DIR", "hi", "--normalize", "true"], "--normalize is a switch and takes no value"),
+    (["embed", "DIR", "--force", "yes", "hi"], "--force is a switch and takes no value"),
+    (["verify", "DIR", "--json", "false"], "--json is a switch and takes no value"),
+])
+def test_a_switch_given_a_value_is_bad_usage_not_a_text(args, message):
+    """`--normalize true` embedded the word "true" (click takes it as the next text) and exited 0."""
+    result = run(*args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+def test_help_shows_no_type_after_a_switch_and_keeps_brackets():
+    import re
+
+    out = run("embed", "--help").output
+    assert "<bool>" not in out and re.search(r"--normalize\s", out)
+    assert "poolx[openvino]" in " ".join(out.replace("│", " ").split())  # help is rich markup: the bracket escaped
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "--pooling", "concat", "--layers", "-1,,-2", "-o", "OUT"], "none left empty"),
+    (["export", "--pooling", "concat", "--layers", "-1,", "-o", "OUT"], "none left empty"),
+    (["embed", "DIR", "hi", "--threads", "0"], "--threads must be at least 1"),
+])
+def test_empty_list_items_and_zero_threads_are_refused(args, message, exported, tmp_path):
+    args = [str(exported) if a == "DIR" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    result = run(*args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_poolers_wraps_summaries_instead_of_cutting_them():
+    result = CliRunner().invoke(app, ["poolers"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "…" not in result.stdout
+    assert "`outputs.pooler_output`." in result.stdout  # the end of the `pooler` row's summary, cut before
+
+
+def test_a_warning_is_one_line_without_python_source(exported, tmp_path, monkeypatch):
+    """A Python warning from the library (an fp16 graph on the CPU, auto falling back) reaches the terminal as one
+    `warning:` line, not `file.py:83: UserWarning` followed by the source line that raised it."""
+    import warnings
+
+    import poolx.runtime.embedder as embedder
+
+    real = embedder.Embedder.__init__
+
+    def warns(self, *a, **k):
+        real(self, *a, **k)
+        warnings.warn("fp16 graphs are slow on the CPU", stacklevel=2)
+
+    monkeypatch.setattr(embedder.Embedder, "__init__", warns)
+    result = run("embed", str(exported), "hi")
+    assert result.exit_code == 0
+    assert "warning: fp16 graphs are slow on the CPU" in result.stderr
+    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+def test_the_hub_hint_names_the_current_cli():
+    from poolx.errors import ModelLoadError
+    from poolx.models.loading import resolve_source
+
+    with pytest.raises(ModelLoadError, match="`hf download someone/not-cached`"):
+        resolve_source("someone/not-cached")

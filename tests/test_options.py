@@ -78,7 +78,7 @@ def test_declarations_describe_themselves():
 
 def test_cli_parsing():
     assert LAYERS.parse("-1, -2,0") == [-1, -2, 0] and LAYERS.parse(None) is None
-    with pytest.raises(UsageError, match="--layers must be comma-separated integers, got '-1,x'"):
+    with pytest.raises(UsageError, match="--layers must be comma-separated integers with none left empty, got '-1,x'"):
         LAYERS.parse("-1,x")
     with pytest.raises(UsageError, match="--layers must list at least one integer"):
         LAYERS.parse(",")

@@ -335,8 +335,8 @@ def _worker(spec_path: str) -> None:
     runner = _runner(c, spec, threads)
     for key, texts in spec["texts"].items():
         if key == "corpus":  # one timed pass over every text, after a warm-up on a few batches
-            runner(texts[: 2 * CORPUS_BATCH], CORPUS_BATCH, int(spec["max_length"]))()
-            fn = runner(texts, CORPUS_BATCH, int(spec["max_length"]))
+            runner(texts[: 2 * CORPUS_BATCH], CORPUS_BATCH, 0)()
+            fn = runner(texts, CORPUS_BATCH, 0)
             start = time.perf_counter()
             result = fn()
             times[key] = [time.perf_counter() - start]
@@ -350,11 +350,18 @@ def _worker(spec_path: str) -> None:
 
 
 def _runner(c: Candidate, spec: dict[str, Any], threads: int) -> Callable[[list[str], int, int], Callable[[], Any]]:
-    if c.kind == "embedder":
+    max_length = int(spec["max_length"])
+    if c.kind == "embedder":  # a corpus (length 0) as `poolx embed -i` runs one: OpenVINO compiled for throughput
         from poolx.runtime.embedder import Embedder
 
-        embedder = Embedder(c.path, c.device, threads=threads)
-        return lambda texts, batch, length: lambda: embedder.embed(texts, batch_size=batch)
+        embedders: dict[bool, Embedder] = {}
+
+        def embed(texts: list[str], batch: int, length: int) -> Callable[[], Any]:
+            corpus = not length
+            if corpus not in embedders:
+                embedders[corpus] = Embedder(c.path, c.device, threads=threads, throughput=corpus)
+            return lambda: embedders[corpus].embed(texts, batch_size=batch)
+        return embed
     import torch
 
     torch.set_num_threads(threads)
@@ -364,7 +371,7 @@ def _runner(c: Candidate, spec: dict[str, Any], threads: int) -> Callable[[list[
         model = SentenceTransformer(c.path, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16} if c.bf16 else None)
 
         def st(texts: list[str], batch: int, length: int) -> Callable[[], Any]:
-            model.max_seq_length = length
+            model.max_seq_length = length or max_length
             return lambda: np.asarray(model.encode(texts, batch_size=batch, convert_to_numpy=True), dtype=np.float32)
         return st
     from poolx.manifest import Manifest
@@ -394,11 +401,11 @@ def _runner(c: Candidate, spec: dict[str, Any], threads: int) -> Callable[[list[
 
     def eager(texts: list[str], batch: int, length: int) -> Callable[[], Any]:
         if len(texts) <= batch:
-            return lambda: batch_of(texts, length)
+            return lambda: batch_of(texts, length or max_length)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # as SentenceTransformer.encode sorts
 
         def run() -> np.ndarray:
-            parts = [(order[k:k + batch], batch_of([texts[i] for i in order[k:k + batch]], length))
+            parts = [(order[k:k + batch], batch_of([texts[i] for i in order[k:k + batch]], length or max_length))
                      for k in range(0, len(order), batch)]
             out = np.empty((len(texts), parts[0][1].shape[1]), dtype=np.float32)
             for rows, vectors in parts:

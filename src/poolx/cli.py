@@ -14,9 +14,44 @@ import typer
 
 PROVIDER_HELP = (
     "auto (CUDA if available; else OpenVINO where it is installed and the CPU has bf16; else the CPU), cpu, cuda, "
-    "tensorrt or openvino (poolx[openvino])."
+    "tensorrt or openvino (poolx\\[openvino])."  # help text is rich markup: a bracket is escaped
 )
+SWITCH_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+class _Commands(typer.core.TyperGroup):
+    """poolx's command group: a switch given a value (`--normalize true`) is a usage error (exit 2) naming the
+    switch. Click would take the word as the next positional argument: `poolx embed DIR hi --normalize true`
+    embedded the text "true"."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        command = self.get_command(ctx, args[0]) if args else None
+        switches = {o for p in getattr(command, "params", ()) if getattr(p, "is_flag", False) for o in p.opts}
+        for switch, value in zip(args, args[1:]):
+            if switch in switches and value.lower() in SWITCH_WORDS:
+                raise typer.BadParameter(f"{switch} is a switch and takes no value: write {switch} alone, or leave it "
+                                         f"out (got {value!r})")
+        return super().parse_args(ctx, args)
+
+
+def _switches_show_no_type() -> None:
+    """Typer's help prints a type after every option, `<bool>` after a switch too, which reads as "takes a value"
+    (and invites `--normalize true`): a switch shows none. Skipped if Typer's help no longer has the hook."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "poolx", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Optional[str]:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.poolx = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_switches_show_no_type()
 app = typer.Typer(
+    cls=_Commands,
     name="poolx",
     help="Export a Hugging Face encoder plus a pooling head as one ONNX graph, and prove it computes what "
     "PyTorch computes.",
@@ -66,11 +101,20 @@ def _errors(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """A warning as one stderr line, `warning: ...`, not Python's file:line report with a source line."""
+    _stderr().print(f"warning: {message}", markup=False)
+
+
 def _run(command: Callable[[], None]) -> None:
+    import warnings
+
     from poolx.errors import PoolxError
 
     try:
-        command()
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            command()
     except PoolxError as e:
         from rich.markup import escape
 
@@ -210,7 +254,7 @@ def export(
 @app.command()
 @_errors
 def verify(
-    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="An export directory written by `poolx export`.")],
     source: Annotated[Optional[str], typer.Option(help="Where the exported model is now, if it moved since export.")] = None,
     atol: Annotated[Optional[float], typer.Option(
         help="Absolute tolerance. Default: 1e-4 for fp32 graphs; fp16 and int8 graphs are judged by cosine.",
@@ -287,24 +331,24 @@ def poolers() -> None:
 
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
+    from rich.padding import Padding
 
     from poolx.models.registry import describe_poolers
 
-    table = Table("name", "reads", "width", "learned", "options", show_lines=True)
-    for d in describe_poolers():
-        table.add_row(
-            f"[bold]{d.name}[/]\n{escape(d.summary)}", d.reads, escape(d.width), d.learned,
-            escape("\n".join(d.options) or "-"),
-        )
-    Console().print(table)
+    console = Console()
+    for d in describe_poolers():  # a block per pooler, wrapped to the terminal (a table cut its summaries mid-word)
+        console.print(f"[bold]{d.name}[/]  reads {escape(d.reads)} · width {escape(d.width)} · learned {escape(d.learned)}")
+        console.print(Padding(escape(d.summary), (0, 0, 0, 2)))
+        for option in d.options:
+            console.print(Padding(escape(option), (0, 0, 0, 4)))
+        console.print()
     typer.echo("D = the backbone's hidden size; learned parameters are trained with PooledEncoder.")
 
 
 @app.command()
 @_errors
 def embed(
-    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="An export directory written by `poolx export`.")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to embed and print (or use --input).", show_default=False)] = None,
     input: Annotated[Optional[Path], typer.Option(
         "--input", "-i", help="Embed a file: .txt (a text a line; blank lines are empty texts), .jsonl/.ndjson/.json (JSON "
@@ -349,6 +393,8 @@ def embed(
         raise UsageError("nothing to embed: give texts, or --input FILE --output FILE")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine is local or ray, got {engine!r}")
     if engine == "local" and (address or actors):
@@ -372,7 +418,7 @@ def embed(
         reader = corpus.open_corpus(input, column=column, id_column=id_column)
     from poolx.runtime.embedder import Embedder
 
-    embedder = Embedder(directory, provider, threads=threads)
+    embedder = Embedder(directory, provider, threads=threads, throughput=output is not None)  # OpenVINO: streams for a file
     embedder.prompt(prompt)  # an unknown prompt name is one line before any work
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the truncation note is printed once below
@@ -478,7 +524,7 @@ def bench(
 @app.command()
 @_errors
 def triton(
-    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="An export directory written by `poolx export`.")],
     repo: Annotated[Path, typer.Argument(help="The Triton model repository to write.")],
     name: Annotated[Optional[str], typer.Option(help="Model name in the repository (default: from DIRECTORY).", show_default=False)] = None,
     max_batch_size: Annotated[int, typer.Option(help="Triton's max_batch_size for the models.")] = 64,
@@ -498,7 +544,7 @@ def triton(
 @app.command()
 @_errors
 def serve(
-    directory: Annotated[Path, typer.Argument(help="An export directory written by `poolx export`.")],
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="An export directory written by `poolx export`.")],
     host: Annotated[str, typer.Option(help="Address to bind (loopback unless told otherwise).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     provider: Annotated[str, typer.Option(help=PROVIDER_HELP)] = "auto",

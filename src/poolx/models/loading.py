@@ -80,7 +80,7 @@ def resolve_source(model: str | os.PathLike[str] | None) -> ModelSource:
     if snapshot is None:
         raise ModelLoadError(
             f"model {text!r} is neither a local directory nor in the Hugging Face cache (poolx never downloads); "
-            f"download it first, e.g. `huggingface-cli download {text}`, or pass a directory"
+            f"download it first, e.g. `hf download {text}`, or pass a directory"
         )
     if not (snapshot / "config.json").is_file():
         raise ModelLoadError(f"the cached snapshot of {text!r} has no config.json; it is not a transformers model")

@@ -255,11 +255,13 @@ def validate_options(
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
-    """"-1,-2" (or "-1 -2") -> [-1, -2]; a one-line UsageError naming `flag` otherwise."""
-    try:
-        items = [int(v) for v in text.replace(" ", ",").split(",") if v]
-    except ValueError:
-        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if not items:
+    """"-1,-2" (or "-1 -2", "-1, -2") -> [-1, -2]; a one-line UsageError naming `flag` otherwise, an empty item
+    ("-1,,-2", "-1,") included."""
+    import re
+
+    if not text.replace(",", "").strip():
         raise UsageError(f"{flag} must list at least one integer, got {text!r}")
-    return items
+    try:
+        return [int(v) for v in re.split(r"\s*,\s*|\s+", text.strip())]
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers with none left empty, got {text!r}") from None

@@ -50,8 +50,9 @@ def cpu_precision() -> str:
 class OpenVinoSession:
     """A graph compiled by OpenVINO for the CPU. `run(names, feeds)`, `get_outputs()`, `get_providers()` as an
     onnxruntime session has them; `.precision` is what it computes in ("bf16" or "f32"). threads: CPU threads
-    (default: all). throughput: compile for several parallel streams (a server's concurrent requests) instead of
-    the lowest latency of one request (every core on each run)."""
+    (default: all). throughput: compile for several parallel streams (a server's concurrent requests, a corpus's
+    batches) instead of the lowest latency of one request (every core on each run); `.parallel` is how many runs
+    it takes at once (OpenVINO's optimal number of infer requests: 1 for latency)."""
 
     def __init__(self, graph: str | Path, threads: int | None = None, throughput: bool = False,
                  precision: str | None = None) -> None:
@@ -68,12 +69,12 @@ class OpenVinoSession:
             first = first_line(e)[:300]
             raise BrokenExportError(f"OpenVINO cannot compile {graph}: {first}") from None
         # what the plugin compiled, not what was asked: a CPU without bf16 runs f32 whatever the hint says
-        compiled = str(self.model.get_property("INFERENCE_PRECISION_HINT")).lower()
-        self.precision = BF16 if "bf16" in compiled else F32
+        # (an `openvino.Type`: its str() is "<Type: 'bfloat16'>", so it is compared with the type, not a name)
+        self.precision = BF16 if self.model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else F32
         self.streams = int(self.model.get_property("NUM_STREAMS"))
-        requests = max(1, int(self.model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.parallel = max(1, int(self.model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))  # runs at once
         self._requests: queue.Queue = queue.Queue()
-        for _ in range(requests):
+        for _ in range(self.parallel):
             self._requests.put(self.model.create_infer_request())
         # a port has every name of its tensor; the graph's output names, in the graph's order, are the ONNX file's
         ports = {name: port for port in self.model.outputs for name in port.get_names()}

@@ -11,18 +11,19 @@ from poolx.providers import CPU, Provider, get_provider, import_onnxruntime
 
 def create_session(
     graph: str | Path, provider: str | Provider = CPU, threads: int | None = None,
-    provider_options: dict[str, dict[str, Any]] | None = None, spinning: bool = True,
+    provider_options: dict[str, dict[str, Any]] | None = None, spinning: bool = True, throughput: bool | None = None,
 ) -> Any:
     """An `onnxruntime.InferenceSession` on `graph` that really runs on `provider` (checked after creation: a
     provider onnxruntime dropped is an error). `provider_options` maps an onnxruntime provider name to its options
     (`Provider.options`). spinning=False stops the CPU provider's intra-op threads from spin-waiting after a run
     (they otherwise take cores a server's event loop needs). OpenVINO (`openvino`) gives an `OpenVinoSession` with
-the same interface, compiled for throughput (parallel streams) where spinning is off, as a server asks."""
+    the same interface, compiled for `throughput` (parallel streams; default: where spinning is off, as a server
+    asks) or else for the latency of one run."""
     provider = get_provider(provider)
     if provider.runtime == "openvino":
         from poolx.runtime.openvino import OpenVinoSession
 
-        return OpenVinoSession(graph, threads, throughput=not spinning)
+        return OpenVinoSession(graph, threads, throughput=not spinning if throughput is None else throughput)
     ort = import_onnxruntime()
     options_of = provider_options or {}
     providers = [(p, options_of[p]) if p in options_of else p for p in provider.ort_providers()]
