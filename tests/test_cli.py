@@ -4,6 +4,7 @@ in a subprocess to see exactly what a user sees."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -412,3 +413,58 @@ def test_the_hub_hint_names_the_current_cli():
 
     with pytest.raises(ModelLoadError, match="`hf download someone/not-cached`"):
         resolve_source("someone/not-cached")
+
+
+def test_export_and_verify_say_their_steps_and_a_terminal_shows_them(tiny_models, tmp_path, caplog, monkeypatch):
+    """Progress (issue 14): the library says each step on the "poolx" logger (tracing, int8's alphas, the export's
+    gate, verify's cases); `poolx export`/`verify` show the latest as a status line on a terminal, nothing on a pipe
+    or with --json, and leave the logger as they found it."""
+    import logging
+
+    import poolx.cli as cli
+    from poolx.exporter.export import export
+    from poolx.parity.verify import verify
+    from poolx.progress import step
+
+    shown = []
+
+    class Status:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, text):
+            shown.append(text)
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+        def write(self, text):
+            return len(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(cli, "_stderr", lambda: type("Console", (), {"status": lambda self, label: Status()})())
+    with caplog.at_level(logging.INFO, logger="poolx"):
+        export(str(tiny_models["bert"]), tmp_path / "q", pooling="mean", precision="int8")
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        with cli._progress("verifying"):
+            verify(tmp_path / "q")
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("poolx")]
+    for expected in ("tracing the model", "int8: int8 weights, rescaling alpha", "checking the graph against eager",
+                     "loading the eager PyTorch model", "comparing with eager PyTorch: case 1 of"):
+        assert any(m.startswith(expected) for m in said), (expected, said)
+    assert shown and all(s.startswith("verifying: ") for s in shown)
+    assert any("comparing with eager PyTorch: case" in s for s in shown)
+    assert logging.getLogger("poolx").level == logging.NOTSET and len(logging.getLogger("poolx").handlers) == 0
+    shown.clear()
+    with cli._progress("verifying", show=False):  # --json
+        step("anything")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe
+    with cli._progress("verifying"):
+        step("anything")
+    assert shown == []

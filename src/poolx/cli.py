@@ -4,11 +4,12 @@ exit code: 1 a failed comparison, 2 bad usage or a broken directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
@@ -139,6 +140,32 @@ def _run(command: Callable[[], None]) -> None:
         raise typer.Exit(3) from None
 
 
+@contextlib.contextmanager
+def _progress(label: str, show: bool = True) -> Iterator[None]:
+    """While the block runs, a rich status line on stderr with the library's latest step (`poolx.progress`), when
+    stderr is a terminal and `show`; nothing otherwise (a pipe, a log file, --json)."""
+    if not show or not sys.stderr.isatty():
+        yield
+        return
+    import logging
+
+    from poolx.progress import log
+
+    class Status(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            status.update(f"{label}: {record.getMessage()}")
+
+    handler, level = Status(logging.INFO), log.level
+    with _stderr().status(label) as status:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
+
+
 def _int_list(value: Optional[str], what: str) -> Optional[list[int]]:
     from poolx.models.options import parse_int_list
 
@@ -225,12 +252,13 @@ def export(
     texts = read_texts(calibration, "--calibration", limit=None) if calibration else None
     from poolx.exporter.export import export as run_export
 
-    result = run_export(
-        model, output, pooling=pooling, num_labels=num_labels,
-        raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
-        opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
-        precision=precision, optimize=optimize, target=target, calibration=texts, normalize=normalize, **options,
-    )
+    with _progress("exporting"):
+        result = run_export(
+            model, output, pooling=pooling, num_labels=num_labels,
+            raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
+            opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
+            precision=precision, optimize=optimize, target=target, calibration=texts, normalize=normalize, **options,
+        )
     for note in result.notes:
         _stderr().print(f"note: {note}", markup=False)
     m = result.manifest
@@ -277,10 +305,11 @@ def verify(
     from poolx.parity.texts import VERIFY_TEXTS, read_texts
     from poolx.parity.verify import verify as run_verify
 
-    report = run_verify(
-        directory, source=source, provider=provider, atol=atol, rtol=rtol, min_cosine=min_cosine,
-        texts=VERIFY_TEXTS + (read_texts(texts, "--texts") if texts else ()), raise_on_failure=False,
-    )
+    with _progress("verifying", show=not as_json):
+        report = run_verify(
+            directory, source=source, provider=provider, atol=atol, rtol=rtol, min_cosine=min_cosine,
+            texts=VERIFY_TEXTS + (read_texts(texts, "--texts") if texts else ()), raise_on_failure=False,
+        )
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -22,6 +22,7 @@ from poolx.manifest import MANIFEST, Manifest, checksum_tree, source_weights
 from poolx.models.encoder import PooledEncoder
 from poolx.models.loading import ModelSource, default_max_length, load_tokenizer, resolve_source
 from poolx.models.registry import get_pooler_class
+from poolx.progress import step
 from poolx.staging import staged_directory
 from poolx.variants import FP16, INT8, Variant
 
@@ -119,6 +120,7 @@ def export(
         raise UsageError(f"max_length {max_length} is out of range for this model; use 2..{limit}")
 
     with staged_directory(output) as tmp:
+        step(f"tracing the model ({exporter} exporter)")
         graph = trace(encoder, spec, tokenizer, tmp, opset, exporter)
         tokenizer.padding_side = encoder.adapter.padding_side  # what the graph's poolers assume and the runtime does
         tokenizer.save_pretrained(tmp)
@@ -148,6 +150,7 @@ def export(
         manifest.write(tmp)  # the gate reads the directory as verify would
         from poolx.parity.verify import quick_check
 
+        step("checking the graph against eager PyTorch")
         quick_check(tmp, encoder, manifest)  # the exporter's own parity gate: nothing is moved into place without it
         manifest.files = checksum_tree(tmp)
         manifest.write(tmp)

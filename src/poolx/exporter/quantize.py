@@ -29,6 +29,7 @@ import numpy as np
 
 from poolx.errors import ExportError
 from poolx.parity.runners import OnnxRunner, Outputs, compare_runs
+from poolx.progress import step
 from poolx.spec import BATCH, TensorSpec
 from poolx.variants import INT8
 
@@ -98,7 +99,11 @@ def quantize_int8(
             return _min_cosine(_run(path, output, batches), reference, output), path
 
         for signed in weight_kinds():
-            candidates = {alpha: attempt(alpha, [], signed) for alpha in alphas}
+            kind = "int8" if signed else "uint8"
+            candidates = {}
+            for k, alpha in enumerate(alphas, 1):
+                step(f"int8: {kind} weights, rescaling alpha {alpha} ({k} of {len(alphas)}) on {len(texts)} calibration texts")
+                candidates[alpha] = attempt(alpha, [], signed)
             tried = {alpha: cosine for alpha, (cosine, _) in candidates.items()}
             alpha = max(alphas, key=lambda a: tried[a])
             cosine, path = candidates[alpha]
@@ -107,6 +112,7 @@ def quantize_int8(
                 errors = errors or simulated_errors(probe, batches, weights, amax, alpha)
                 worst_first = sorted(groups, key=lambda t: -errors[t])
                 while cosine < min_cosine and len(kept) < len(groups) // 3:
+                    step(f"int8: min cosine {cosine:.4f} < {min_cosine}; keeping {len(kept) + 1} MatMul group(s) fp32")
                     kept.append(worst_first[len(kept)])
                     cosine, path = attempt(alpha, kept, signed)
             if cosine >= min_cosine:

@@ -16,6 +16,7 @@ from poolx.manifest import Manifest
 from poolx.parity.compare import Comparison, Tolerance
 from poolx.parity.runners import EagerRunner, OnnxRunner, compare_runs, rebuild_encoder, recorded_source
 from poolx.parity.texts import VERIFY_TEXTS
+from poolx.progress import counted, step
 from poolx.providers import CPU, Provider
 from poolx.spec import EXPORT_EXAMPLE_SHAPE, IOSpec
 
@@ -173,7 +174,8 @@ def compare_on(
     shapes = [tuple(f["input_ids"].shape) for f in feeds]
     cases = [f"{label} {shape}" for (label, _, _), shape in zip(plan, shapes)]
     outputs = compare_runs(
-        (graph.run(f) for f in feeds), (eager.run(f) for f in feeds), cases, spec.outputs, tolerance,
+        (graph.run(f) for f in counted(feeds, "comparing with eager PyTorch: case", len(feeds))),
+        (eager.run(f) for f in feeds), cases, spec.outputs, tolerance,
     )
     return outputs, shapes
 
@@ -208,6 +210,7 @@ def verify(
     if chosen.precision:
         notes.append(f"{chosen.name} ran the graph in {chosen.precision} on this CPU; held to {tolerance.describe()}")
     resolved = recorded_source(manifest, source)
+    step("loading the eager PyTorch model")
     encoder = rebuild_encoder(manifest, directory, resolved)
     texts = list(texts)
     lengths = text_encoder.lengths(texts)
@@ -219,6 +222,7 @@ def verify(
     outputs, shapes = compare_on(runner, encoder, manifest.io, text_encoder, texts, plan, tolerance)
     from poolx.parity.reference import against_sentence_transformers
 
+    step("comparing with sentence-transformers")
     library, note = against_sentence_transformers(resolved.path, manifest, runner, text_encoder, texts, tolerance)
     outputs += [library] if library is not None else []
     notes += [note] if note else []
