@@ -7,8 +7,12 @@ temporary directory, writes corpora of N lines (default 100,000 and 1,000,000) a
 short (about 10,000 texts/s on 2 cores); memory outside the model does not depend on it.
 
     python benchmarks/corpus_memory.py [--lines 100000,1000000] [--formats txt,jsonl,parquet] [--ids]
+    python benchmarks/corpus_memory.py --long-line 5,50 [--long-text words|word|spaces] [--export DIR]
 
---ids adds an id column (.jsonl and .parquet) and writes .parquet output with ids, to include the duplicate-id
+--long-line N,... instead embeds one .txt line of N MB (issue 14: a 50 MB line took 99 s and 7.2 GB when texts were
+tokenized whole; they are now cut before tokenization): `words` repeats "lorem ipsum dolor sit amet ", `word` is
+one word of N MB ("xxx...", one [UNK]), `spaces` is N MB of spaces and then a word. --export DIR uses an existing
+export (e.g. MiniLM's: `poolx export -o DIR`) instead of the tiny BERT. --ids adds an id column (.jsonl and .parquet) and writes .parquet output with ids, to include the duplicate-id
 check (8 bytes per id). `--float32-check` instead runs the exhaustive check behind the .jsonl writer: over all
 2**32 float32 bit patterns, which ones orjson's shortest form does not read back (through a float64, as JSON
 readers do) to the same bits (about 15 minutes on one core).
@@ -77,6 +81,13 @@ def run(export: Path, source: Path, out: Path, ids: bool) -> tuple[int, float, s
     return rss, seconds, shown
 
 
+def long_line(path: Path, megabytes: float, kind: str) -> None:
+    size = int(megabytes * 1_000_000)
+    unit = {"words": "lorem ipsum dolor sit amet ", "word": "x", "spaces": " "}[kind]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(unit * (size // len(unit)) + (" end" if kind == "spaces" else "") + "\n")
+
+
 def float32_check() -> None:
     import numpy as np
     import orjson
@@ -100,6 +111,9 @@ def main() -> None:
     ap.add_argument("--formats", default="txt,jsonl,parquet")
     ap.add_argument("--ids", action="store_true")
     ap.add_argument("--float32-check", action="store_true")
+    ap.add_argument("--long-line", default=None, help="MB of one line, comma-separated sizes")
+    ap.add_argument("--long-text", default="words", choices=["words", "word", "spaces"])
+    ap.add_argument("--export", type=Path, default=None, help="an existing export (default: the tiny BERT)")
     args = ap.parse_args()
     if args.float32_check:
         float32_check()
@@ -108,7 +122,16 @@ def main() -> None:
         raise SystemExit("needs GNU time: apt-get install -y time")
     with tempfile.TemporaryDirectory(prefix="poolx-corpus-memory-") as tmp:
         root = Path(tmp)
-        export = build_export(root)
+        export = args.export.resolve() if args.export else build_export(root)
+        if args.long_line:
+            print(f"{'one line':<22} {'MB':>9} {'max RSS MiB':>12} {'wall s':>8}  command")
+            for megabytes in (float(n) for n in args.long_line.split(",")):
+                source = root / f"line-{megabytes:g}MB-{args.long_text}.txt"
+                long_line(source, megabytes, args.long_text)
+                rss, seconds, command = run(export, source, root / "out.npy", False)
+                print(f"{source.name:<22} {megabytes:>9g} {rss / 1024:>12.0f} {seconds:>8.1f}  {command}", flush=True)
+                source.unlink()
+            return
         print(f"{'input':<22} {'lines':>9} {'max RSS MiB':>12} {'wall s':>8}  command")
         for fmt in args.formats.split(","):
             ids = args.ids and fmt != "txt"

@@ -60,8 +60,8 @@ def test_embed_terminated_cleans_up_and_a_killed_runs_file_is_removed_by_the_nex
     assert not any(p.exists() for p in debris)  # removed by the next run on the same output
     terminated.send_signal(signal.SIGTERM)
     _, stderr = terminated.communicate(timeout=30)
-    assert terminated.returncode == 130, stderr  # handled as Ctrl-C: "interrupted; nothing was left half-written"
-    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert terminated.returncode in (130, 143), stderr  # handled as Ctrl-C (130), or said as SIGTERM's 143
+    assert "Traceback" not in stderr and "nothing was left half-written" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
 
 

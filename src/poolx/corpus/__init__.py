@@ -22,7 +22,11 @@ fixed_size_list<float32>) and `.jsonl` (`{"id": ..., "embedding": [...]}` per li
 same float32 bits). They are written to a hidden temporary file beside the target and moved onto it only when
 every row is written, so an interrupted run never leaves a partial file.
 
-Reading streams: `open_corpus` yields batches of a few thousand rows (Python's csv module for .csv/.tsv, for its
+Reading is bounded by the work, not the input: a line (.txt, .jsonl) or CSV field longer than 64 Mi characters
+(`MAX_LINE_CHARS`) is refused, naming it, once that much is read (a file without line ends, /dev/zero); a batch
+ends at 4,096 rows or 32 Mi characters; only a regular .txt file is counted for the progress bar (a pipe or a
+device is read once). Texts are cut before they are tokenized (poolx.runtime.tokenizer), so a long line costs its
+first max_length tokens. Reading streams: `open_corpus` yields batches of a few thousand rows (Python's csv module for .csv/.tsv, for its
 strict quoting and line numbers; line iteration with orjson for JSON Lines, for line numbers; pyarrow's
 `ParquetFile.iter_batches` for Parquet), and writing appends, so memory does not grow with the corpus (ids are
 checked for duplicates with 8 bytes each). Every problem a user can cause is a one-line `UsageError` naming the
