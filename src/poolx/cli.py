@@ -121,9 +121,12 @@ def _run(command: Callable[[], None]) -> None:
 
         _stderr().print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        _stderr().print("interrupted; nothing was left half-written")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        from poolx.staging import Terminated
+
+        terminated = isinstance(e, Terminated)
+        _stderr().print(f"{'terminated' if terminated else 'interrupted'}; nothing was left half-written")
+        raise typer.Exit(143 if terminated else 130) from None
     except BrokenPipeError:  # stdout closed early (`poolx poolers | head`): stop quietly, as a shell tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(141) from None
@@ -622,6 +625,11 @@ def serve(
 
 
 def main() -> None:
+    """The `poolx` console script: SIGTERM (timeout, systemd, Docker, CI) is handled as Ctrl-C is, so an interrupted
+    export or embed removes its temporaries (exit 143); `poolx serve` installs its own drain over it."""
+    from poolx.staging import interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     app()
 
 
