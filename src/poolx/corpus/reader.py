@@ -298,7 +298,8 @@ class _IdChecker:
             self._confirm(start + int(i), ids[i], places[i] if places is not None else f"row {start + i}")
         merged = ordered
         while self.levels and len(self.levels[-1]) <= len(merged):
-            merged = np.sort(np.concatenate([self.levels.pop(), merged]), kind="stable")  # two runs: a merge
+            merged = np.concatenate([self.levels.pop(), merged])
+            merged.sort(kind="stable")  # two sorted runs: a merge, in place (no third copy at the peak)
         self.levels.append(merged)
 
     def _confirm(self, row: int, value: Any, where: str) -> None:
