@@ -272,3 +272,58 @@ def test_int8_weights_first_uint8_only_when_they_miss_the_bound_without_vnni(sig
     assert q["weights"] == ("int8" if signed_reaches_bound else "uint8")
     weight_types = {t.data_type for t in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.initializer if t.name.endswith("_quantized")}
     assert weight_types == {onnx.TensorProto.INT8 if signed_reaches_bound else onnx.TensorProto.UINT8}
+
+
+# ---- the dynamo exporter's fusions (issue 15) -----------------------------------------------------------------------
+def _dynamo_family_model(model_type: str, directory):
+    """test_families' tiny model of `model_type` (2 layers) at `directory`."""
+    import test_families as f
+
+    from conftest import tiny_tokenizer
+
+    if model_type in f.DECODERS:
+        style, extra = f.DECODERS[model_type]
+        tokenizer = f.bpe_tokenizer(style)
+        return f.save_tiny(model_type, directory, tokenizer, **f.TINY, **extra, vocab_size=len(tokenizer),
+                           num_key_value_heads=2, max_position_embeddings=512, pad_token_id=None,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    tokenizer = tiny_tokenizer()
+    config = dict(f.TINY, vocab_size=len(tokenizer), **f.ENCODERS[model_type])
+    if model_type == "distilbert":
+        config = dict(f.ENCODERS[model_type], vocab_size=len(tokenizer))
+    return f.save_tiny(model_type, directory, tokenizer, **config)
+
+
+def _dynamo_families():
+    import test_families as f
+
+    return [t for t in [*sorted(f.ENCODERS), *f.DECODERS] if t != "albert"]  # ALBERT: GENERIC, nothing pinned
+
+
+@pytest.mark.xdist_group("test_dynamo")  # with tests/test_dynamo.py: torch.export's first-call start-up paid once
+@pytest.mark.parametrize("model_type", [
+    pytest.param(t, marks=() if t == "qwen3" else pytest.mark.skipif(
+        not __import__("os").environ.get("POOLX_DYNAMO_FAMILIES"),
+        reason="one dynamo export per family (5-15 s each): set POOLX_DYNAMO_FAMILIES=1; qwen3 runs every time",
+    ))
+    for t in _dynamo_families()
+])
+def test_dynamo_optimize_fuses_the_adapters_ops_and_verifies(model_type, tmp_path):
+    """The fused ops of each family's dynamo graph (onnxscript's fusions) are what its adapter declares: attention
+    fused as Attention (BERT-style) or MultiHeadAttention (rotary encoders, decoders), except DeBERTa and MPNet
+    (`dynamo_unfused` says why). Qwen3 (rotary, grouped-query, causal) runs on every suite run."""
+    from transformers import AutoConfig
+
+    from poolx.models.backbones import adapter_for
+
+    model = _dynamo_family_model(model_type, tmp_path / "m")
+    result = export(str(model), tmp_path / "e", pooling="mean", optimize=True, exporter="dynamo", max_length=32)
+    config = AutoConfig.from_pretrained(model)
+    adapter = adapter_for(config)
+    expected = adapter.expected_fusions(2, config, exporter="dynamo")
+    assert result.manifest.graph["exporter"] == "dynamo" and result.manifest.graph["fusions"] == expected
+    assert ("Attention" in expected or "MultiHeadAttention" in expected) == (adapter.dynamo_unfused is None)
+    counts = ops(tmp_path / "e" / "model.onnx")
+    assert all(counts[op] == n for op, n in expected.items())
+    report = verify(tmp_path / "e")
+    assert report.passed and report.outputs[0].max_abs < 1e-4

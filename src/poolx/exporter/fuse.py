@@ -11,8 +11,9 @@
   crashes on ModernBERT's), so `fuse` runs onnxscript's ort fusions there (`optimize_for_ort`: Attention or
   MultiHeadAttention, SkipLayerNormalization, BiasGelu, RMSNorm and rotary ops), which keep each node's torch
   scope metadata; the nodes are then named by scope again (the fused ones get new names). onnxruntime's optimizer
-  is not run after them: on the fused graphs it adds no fusion (measured on every family; see
-  benchmarks/exporters.py).
+  runs after them (attention off) only where the backbone adapter says it adds something (`dynamo_onnxruntime`:
+  BigBird's tanh-GELU as FastGelu); elsewhere it adds nothing, and it crashes on ModernBERT's graph (measured on
+  every family with benchmarks/exporters.py).
 - fp16 (for CUDA): the fused graph converted with onnxruntime's float16 converter, inputs and outputs kept
   float32. The fused LayerNorm kernels keep their statistics in float32; the pooler and the head (every node under
   the `/pooler/` and `/head/` scopes, WK's float64 Gram part included) stay float32.
@@ -44,7 +45,7 @@ def fuse(
     device; on a dynamo graph onnxscript's fusions instead (`fuse_dynamo`). Returns an onnxruntime OnnxModel and
     the counts of fused ops."""
     if exporter == "dynamo":
-        return fuse_dynamo(model, attention=attention)
+        return fuse_dynamo(model, config, target, attention=attention, model_type=model_type)
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -61,24 +62,41 @@ def fuse(
     return optimized, counts
 
 
-def fuse_dynamo(model: Any, *, attention: bool = True) -> tuple[Any, dict[str, int]]:
-    """onnxscript's ort fusions (`optimize_for_ort`) on a dynamo-exporter ModelProto; returns an onnxruntime
-    OnnxModel (for the fp16 step) and the counts of fused ops (FUSED_OPS present in the graph). `attention=False`
-    (int8: its quantized MatMuls are not attention projections any more) runs the same fusions: their attention
-    patterns need float MatMul projections, so they leave a quantized graph's attention as it is."""
+def fuse_dynamo(
+    model: Any, config: Any = None, target: Provider | None = None, *, attention: bool = True,
+    model_type: str = "bert",
+) -> tuple[Any, dict[str, int]]:
+    """onnxscript's ort fusions (`optimize_for_ort`) on a dynamo-exporter ModelProto, then onnxruntime's optimizer
+    (attention off) where the backbone adapter of `config` asks for it; returns an onnxruntime OnnxModel (for the
+    fp16 step) and the counts of fused ops (FUSED_OPS present in the graph). onnxscript's fusions cannot be told
+    to leave attention alone: on an int8 graph (`attention=False`) they fuse the attention between the quantized
+    projections as MultiHeadAttention, which computes on float activations (verify holds it to int8's bound)."""
     import onnx_ir as ir
     from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     from poolx.exporter.dynamo import name_nodes_by_scope
+    from poolx.models.backbones import adapter_for
 
     del attention  # see the docstring
     with quiet():
         fused, _ = optimize_for_ort(ir.from_proto(model))
         proto = ir.to_proto(fused)
+    name_nodes_by_scope(proto)
+    if config is not None and adapter_for(config).dynamo_onnxruntime:
+        from onnxruntime.transformers import optimizer
+        from onnxruntime.transformers.fusion_options import FusionOptions
+
+        options = FusionOptions(model_type)
+        options.enable_attention = False
+        with quiet():
+            proto = optimizer.optimize_model(
+                proto, model_type=model_type, num_heads=int(config.num_attention_heads),
+                hidden_size=int(config.hidden_size), optimization_options=options, opt_level=0,
+                use_gpu=bool(target is not None and target.gpu),
+            ).model
     _import_contrib_domain(proto)
     register_onnxruntime_schemas(proto)
-    name_nodes_by_scope(proto)
     return OnnxModel(proto), fused_op_counts(proto)
 
 

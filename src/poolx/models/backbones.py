@@ -64,7 +64,9 @@ class BackboneAdapter:
       fused graph is at least as fast as the dynamo exporter's (BERT-style attention, fused by onnxruntime's
       optimizer), "dynamo" where only onnxscript's fusions fuse its attention; `dynamo_fusions`: the fused ops
       `fuse` produces on the family's dynamo graph (onnxscript's fusions), as `fusions` (None: not pinned);
-      `dynamo_unfused`: why the dynamo graph's attention is not fused, where it is not;
+      `dynamo_unfused`: why the dynamo graph's attention is not fused, where it is not; `dynamo_onnxruntime`: run
+      onnxruntime's optimizer (attention off) after onnxscript's fusions, where it fuses more (tanh-GELU as
+      FastGelu, which onnxscript leaves) and does not crash (it does on ModernBERT's graph);
     - `causal`: a decoder family, each token attending to earlier ones only (first-token poolers are refused);
     - `refuse`, `refuse_if`: why poolx does not export the family (None: it does), and the config attribute and
       value the refusal is limited to (None: always).
@@ -82,6 +84,7 @@ class BackboneAdapter:
     exporter: str = "torchscript"
     dynamo_fusions: Fusions | None = field(default=None, hash=False)
     dynamo_unfused: str | None = None
+    dynamo_onnxruntime: bool = False
     causal: bool = False
     refuse: str | None = None
     refuse_if: tuple[str, Any] | None = None
@@ -178,20 +181,32 @@ class BackboneAdapter:
         if fusions is None:
             return None
         counts = {op: per * num_layers + const for op, (per, const) in fusions.items()}
-        if config is not None and self.fusions_extra is not None and not dynamo:
+        if config is not None and self.fusions_extra is not None:
             for op, n in self.fusions_extra(config).items():
                 counts[op] = counts.get(op, 0) + n
         return counts
 
 
-BERT = BackboneAdapter("bert", ("bert",), token_type_ids=True, pooler_head=True, fusions=_BERT_FUSIONS)
+# onnxscript's fusions on the dynamo graph of BERT-style encoders: Attention and BiasGelu as onnxruntime's optimizer
+# fuses them, but no EmbedLayerNormalization (the embedding norm stays a LayerNormalization).
+_BERT_DYNAMO: Fusions = {
+    "LayerNormalization": (0, 1), "Attention": (1, 0), "BiasGelu": (1, 0), "SkipLayerNormalization": (2, 0),
+}
+BERT = BackboneAdapter(
+    "bert", ("bert",), token_type_ids=True, pooler_head=True, fusions=_BERT_FUSIONS, dynamo_fusions=_BERT_DYNAMO,
+)
 # RoBERTa computes position ids from input_ids, so the optimizer leaves its embedding a LayerNormalization.
+# onnxscript fuses RoBERTa's embedding norm, after the position embedding's add, as one more SkipLayerNormalization.
 ROBERTA = BackboneAdapter(
     "roberta", ("roberta", "xlm-roberta", "camembert"), token_type_ids=True, position_padding_idx="pad_token_id",
     pooler_head=True,
     fusions={"LayerNormalization": (0, 1), "Attention": (1, 0), "BiasGelu": (1, 0), "SkipLayerNormalization": (2, 0)},
+    dynamo_fusions={"Attention": (1, 0), "BiasGelu": (1, 0), "SkipLayerNormalization": (2, 1)},
 )
-DISTILBERT = BackboneAdapter("distilbert", ("distilbert",), token_type_ids=False, pooler_head=False, fusions=_BERT_FUSIONS)
+DISTILBERT = BackboneAdapter(
+    "distilbert", ("distilbert",), token_type_ids=False, pooler_head=False, fusions=_BERT_FUSIONS,
+    dynamo_fusions=_BERT_DYNAMO,
+)
 
 
 def _deberta_relative_norm(config: Any) -> dict[str, int]:
@@ -206,37 +221,60 @@ DEBERTA = BackboneAdapter(
     "deberta", ("deberta-v2", "deberta"), token_type_ids=True, pooler_head=False,
     fusions={"LayerNormalization": (0, 1), "BiasGelu": (1, 0), "SkipLayerNormalization": (2, 0)},
     fusions_extra=_deberta_relative_norm,
+    dynamo_fusions={"LayerNormalization": (0, 1), "BiasGelu": (1, 0), "SkipLayerNormalization": (2, 0)},
+    dynamo_unfused=(
+        "disentangled attention adds content-to-position and position-to-content scores (gathered relative "
+        "positions) to QK^T, which matches none of onnxscript's attention patterns"
+    ),
 )
 # MPNet's relative position bias keeps its attention unfused, and its embedding LayerNorm becomes one more
 # SkipLayerNormalization (2L + 1). Its position ids count from a fixed padding_idx 1, whatever pad_token_id says.
 MPNET = BackboneAdapter(
     "mpnet", ("mpnet",), token_type_ids=False, position_padding_idx=1, pooler_head=True,
     fusions={"BiasGelu": (1, 0), "SkipLayerNormalization": (2, 1)},
+    dynamo_fusions={"BiasGelu": (1, 0), "SkipLayerNormalization": (2, 1)},
+    dynamo_unfused=(
+        "its relative position bias (bucketed, computed from the sequence) is added to the scores, which matches "
+        "none of onnxscript's attention patterns"
+    ),
 )
-ELECTRA = BackboneAdapter("electra", ("electra",), token_type_ids=True, pooler_head=False, fusions=_BERT_FUSIONS)
+ELECTRA = BackboneAdapter(
+    "electra", ("electra",), token_type_ids=True, pooler_head=False, fusions=_BERT_FUSIONS, dynamo_fusions=_BERT_DYNAMO,
+)
 # Rotary (RoPE) encoders: onnxruntime's BERT attention fusion does not match rotary attention, so their attention
 # stays unfused; their LayerNorms (or RMSNorms) and GELUs fuse. ModernBERT's first layer has no attention norm, and
 # its embedding norm (no add before it) stays a LayerNormalization. NomicBERT, GTE and RoFormer norm after each
 # residual add (2L SkipLayerNormalization), and their embedding norm, after the token-type embedding's add, is one
 # more (2L + 1); NomicBERT's MLP is SwiGLU, with no GELU to fuse. EuroBERT is a Llama-style bidirectional encoder:
 # RMSNorm, so Simplified ops (see poolx.exporter.fuse), and no token_type_ids.
+# On their dynamo graphs onnxscript fuses the rotary attention as MultiHeadAttention (one per layer; the rotation
+# itself stays ops before it); on ModernBERT it fuses no residual add into its norms (2L + 1 LayerNormalization),
+# and onnxruntime's optimizer crashes on that graph (IndexError in its SkipLayerNormalization fusion).
 MODERNBERT = BackboneAdapter(
     "modernbert", ("modernbert",), token_type_ids=False, pooler_head=False,
     fusions={"LayerNormalization": (0, 1), "Gelu": (1, 0), "SkipLayerNormalization": (2, 0)},
+    dynamo_fusions={"LayerNormalization": (2, 1), "Gelu": (1, 0), "MultiHeadAttention": (1, 0)},
 )
 NOMIC_BERT = BackboneAdapter(
     "nomic_bert", ("nomic_bert",), token_type_ids=True, pooler_head=False, fusions={"SkipLayerNormalization": (2, 1)},
+    dynamo_fusions={"MultiHeadAttention": (1, 0), "SkipLayerNormalization": (2, 1)},
 )
 GTE = BackboneAdapter(
     "gte", ("gte",), token_type_ids=True, pooler_head=False,
     fusions={"Gelu": (1, 0), "SkipLayerNormalization": (2, 1)},
+    dynamo_fusions={"Gelu": (1, 0), "MultiHeadAttention": (1, 0), "SkipLayerNormalization": (2, 1)},
 )
 ROFORMER = BackboneAdapter(
     "roformer", ("roformer",), token_type_ids=True, pooler_head=False,
     fusions={"BiasGelu": (1, 0), "SkipLayerNormalization": (2, 1)},
+    dynamo_fusions={"BiasGelu": (1, 0), "MultiHeadAttention": (1, 0), "SkipLayerNormalization": (2, 1)},
 )
 _RMS_FUSIONS: Fusions = {"SimplifiedLayerNormalization": (0, 1), "SkipSimplifiedLayerNormalization": (2, 0)}
-EUROBERT = BackboneAdapter("eurobert", ("eurobert",), token_type_ids=False, pooler_head=False, fusions=_RMS_FUSIONS)
+_RMS_DYNAMO: Fusions = {"MultiHeadAttention": (1, 0), **_RMS_FUSIONS}
+EUROBERT = BackboneAdapter(
+    "eurobert", ("eurobert",), token_type_ids=False, pooler_head=False, fusions=_RMS_FUSIONS,
+    dynamo_fusions=_RMS_DYNAMO,
+)
 # BigBird with full attention is BERT with gelu_new (FastGelu). Its block-sparse attention is not a graph: it
 # draws random key blocks at run time, and for a sequence too short for its blocks it switches the model to full
 # attention in place, which is what the short tracing example does, so the graph would compute full attention.
@@ -245,6 +283,11 @@ BIGBIRD = BackboneAdapter(
     fusions={
         "EmbedLayerNormalization": (0, 1), "Attention": (1, 0), "FastGelu": (1, 0), "SkipLayerNormalization": (2, 0),
     },
+    # onnxscript does not fuse gelu_new (tanh); onnxruntime's optimizer, run after it, does
+    dynamo_fusions={
+        "LayerNormalization": (0, 1), "Attention": (1, 0), "FastGelu": (1, 0), "SkipLayerNormalization": (2, 0),
+    },
+    dynamo_onnxruntime=True,
     refuse=(
         "BigBird with attention_type 'block_sparse' is not exported: its attention picks random key blocks at run "
         "time and falls back to full attention, in place, for sequences shorter than its blocks (the tracing "
@@ -269,18 +312,29 @@ LONGFORMER = BackboneAdapter(
 # a query and a key RMSNorm per layer, Gemma's gated MLP is tanh-GELU (FastGelu). No onnxruntime optimizer fuses
 # their rotary attention on a TorchScript graph ("bert", "gpt2" and "qwen3" give the same fusions), so they get
 # the same encoder optimizer as every family.
-QWEN2 = BackboneAdapter("qwen2", ("qwen2",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS)
+# On their dynamo graphs onnxscript fuses the rotary, grouped-query causal attention as MultiHeadAttention.
+QWEN2 = BackboneAdapter(
+    "qwen2", ("qwen2",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS,
+    dynamo_fusions=_RMS_DYNAMO,
+)
 QWEN3 = BackboneAdapter(
     "qwen3", ("qwen3",), token_type_ids=False, pooler_head=False, causal=True,
     fusions={"SimplifiedLayerNormalization": (2, 1), "SkipSimplifiedLayerNormalization": (2, 0)},
+    dynamo_fusions={
+        "MultiHeadAttention": (1, 0), "SimplifiedLayerNormalization": (2, 1), "SkipSimplifiedLayerNormalization": (2, 0),
+    },
 )
-LLAMA = BackboneAdapter("llama", ("llama",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS)
+LLAMA = BackboneAdapter(
+    "llama", ("llama",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS,
+    dynamo_fusions=_RMS_DYNAMO,
+)
 MISTRAL = BackboneAdapter(
     "mistral", ("mistral",), token_type_ids=False, pooler_head=False, causal=True, fusions=_RMS_FUSIONS,
+    dynamo_fusions=_RMS_DYNAMO,
 )
 GEMMA = BackboneAdapter(
     "gemma", ("gemma",), token_type_ids=False, pooler_head=False, causal=True,
-    fusions={"FastGelu": (1, 0), **_RMS_FUSIONS},
+    fusions={"FastGelu": (1, 0), **_RMS_FUSIONS}, dynamo_fusions={"FastGelu": (1, 0), **_RMS_DYNAMO},
 )
 GENERIC = BackboneAdapter("generic")
 
