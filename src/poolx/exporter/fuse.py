@@ -193,6 +193,13 @@ def to_fp16(optimized: Any, exporter: str = "torchscript") -> int:
     """Convert the backbone of a fused OnnxModel to float16 in place; float32 inputs/outputs and pooler. Returns
     how many nodes were kept float32 on purpose."""
     keep = [n.name for n in optimized.model.graph.node if n.name.startswith(FP32_SCOPES)]
+    if exporter == "dynamo":  # onnxscript types its initializers in value_info too: the converter would convert
+        # those entries, then cast the pooler's weights fp16 -> fp32 instead of keeping them float32
+        graph = optimized.model.graph
+        weights = {t.name for t in graph.initializer}
+        entries = [v for v in graph.value_info if v.name not in weights]
+        del graph.value_info[:]
+        graph.value_info.extend(entries)
     with quiet():
         optimized.convert_float_to_float16(keep_io_types=True, node_block_list=keep)
         optimized.topological_sort()  # the converter appends its Cast nodes at the end
