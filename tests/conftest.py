@@ -21,10 +21,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2 on 2 cores: one thread per wor
 
     _create_session = _session.create_session
 
-    def _one_thread(graph, provider="cpu", threads=None, provider_options=None, spinning=True):
+    def _one_thread(graph, provider="cpu", threads=None, provider_options=None, spinning=True, throughput=None):
         """Sessions made in the test process: one intra-op thread unless a test asks for more, and no spin-waiting
         (two workers' spinning threads took the CPU the other worker needed). Subprocesses are unaffected."""
-        return _create_session(graph, provider, threads or 1, provider_options, False)
+        return _create_session(graph, provider, threads or 1, provider_options, False, throughput)
 
     _session.create_session = _one_thread
 

@@ -89,8 +89,8 @@ def one_thread():
 
     threads, create = torch.get_num_threads(), session_module.create_session
 
-    def one_thread_session(graph, provider="cpu", threads=None, provider_options=None, spinning=True):
-        return create(graph, provider, threads or 1, provider_options, False)
+    def one_thread_session(graph, provider="cpu", threads=None, provider_options=None, spinning=True, throughput=None):
+        return create(graph, provider, threads or 1, provider_options, False, throughput)
 
     torch.set_num_threads(1)
     session_module.create_session = embedder_module.create_session = one_thread_session
