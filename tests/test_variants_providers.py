@@ -73,11 +73,16 @@ def test_what_runs_each_variant(variant, runs_on, label, name):
                 variant.check_provider(provider)
 
 
-def test_auto_picks_cuda_only_where_it_runs_the_graph_at_full_speed():
-    assert Variant().choose("auto", gpu=True) is CUDA and Variant().choose("auto", gpu=False) is CPU
+def test_auto_picks_cuda_only_where_it_runs_the_graph_at_full_speed(monkeypatch):
+    import poolx.providers as providers
+
+    cpu = OPENVINO if providers.openvino_preferred() else CPU  # a plain graph on a CPU with bf16 goes to OpenVINO
+    assert Variant().choose("auto", gpu=True) is CUDA and Variant().choose("auto", gpu=False) is cpu
     assert Variant(INT8, False, CPU).choose("auto", gpu=True) is CPU
     assert Variant(FP16, True, CUDA).choose("auto", gpu=True) is CUDA
-    assert Variant().choose("auto") is CPU  # this onnxruntime has no CUDA
+    assert Variant().choose("auto") is cpu  # this onnxruntime has no CUDA
+    monkeypatch.setattr(providers, "openvino_preferred", lambda: False)
+    assert Variant().choose("auto") is CPU
     assert Variant(FP16, True, CUDA).slow_on(CPU) and Variant().slow_on(CPU) is None
     with pytest.raises(ProviderUnavailableError, match="int8 graph runs on the CPU only"):
         Variant(INT8, False, CPU).choose("cuda")
