@@ -6,12 +6,13 @@ process of its own (2 threads for torch and onnxruntime).
   32, 2 layers), exported with --optimize (mean pooling) on each exporter, verified against eager PyTorch on the
   verify texts: fused ops, nodes, export seconds, verify and max abs. What the adapters' `fusions` /
   `dynamo_fusions` pin.
-- `speed`: one model (default the packaged all-MiniLM-L6-v2; `--base`: a BERT-base-shaped random model),
+- `speed`: one model (default the packaged all-MiniLM-L6-v2; `--base`: a BERT-base-shaped random model;
+  `--family T`: a random model of model type T in MiniLM's shape),
   plain and fused on each exporter, onnxruntime on the CPU with 2 threads, median ms per batch at each shape
   (random token ids, every position attended), and the ratio to the TorchScript plain graph.
 
     python benchmarks/exporters.py coverage [--families bert,modernbert,...]
-    python benchmarks/exporters.py speed [--base] [--shapes 32x128,1x16] [--runs 20] [--rounds 3]
+    python benchmarks/exporters.py speed [--base | --family qwen3] [--shapes 32x128,1x16] [--runs 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -43,22 +44,33 @@ def _run(*args: str) -> dict:
 
 
 # ---- coverage ----------------------------------------------------------------------------------------------------
-def build_family(model_type: str, directory: Path) -> Path:
-    """The tiny model of tests/test_families.py for `model_type`, saved at `directory`."""
+# MiniLM's shape (6 layers, hidden 384, 12 heads, MLP 1536), for --family in `speed`
+MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+
+
+def build_family(model_type: str, directory: Path, size: dict | None = None) -> Path:
+    """The tiny model of tests/test_families.py for `model_type` (or, with `size`, a random one of that shape),
+    saved at `directory`."""
     sys.path.insert(0, str(TESTS))
     import test_families as f
     from conftest import tiny_tokenizer
 
+    shape = dict(f.TINY, **(size or {}))
     if model_type in f.DECODERS:
         style, extra = f.DECODERS[model_type]
+        if size and "head_dim" in extra:  # Qwen3's and Gemma's default head_dim is not hidden / heads
+            extra = dict(extra, head_dim=size["hidden_size"] // size["num_attention_heads"])
         tokenizer = f.bpe_tokenizer(style)
-        return f.save_tiny(model_type, directory, tokenizer, **f.TINY, **extra, vocab_size=len(tokenizer),
-                           num_key_value_heads=2, max_position_embeddings=512, pad_token_id=None,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        return f.save_tiny(model_type, directory, tokenizer, **shape, **extra, vocab_size=len(tokenizer),
+                           num_key_value_heads=2 if not size else 4, max_position_embeddings=512,
+                           pad_token_id=None, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
     tokenizer = tiny_tokenizer()
-    config = dict(f.TINY, vocab_size=len(tokenizer), **f.ENCODERS[model_type])
+    config = dict(shape, vocab_size=len(tokenizer), **f.ENCODERS[model_type])
     if model_type == "distilbert":
         config = dict(f.ENCODERS[model_type], vocab_size=len(tokenizer))
+    if size and model_type == "eurobert":
+        config["num_key_value_heads"] = size["num_attention_heads"]
     return f.save_tiny(model_type, directory, tokenizer, **config)
 
 
@@ -124,7 +136,7 @@ def speed_one(directory: str, shapes: list[tuple[int, int]], runs: int) -> dict:
     rng = np.random.default_rng(0)
     result = {}
     for batch, length in shapes:
-        feeds = {name: (rng.integers(1000, 2000, (batch, length)) if name == "input_ids" else
+        feeds = {name: (rng.integers(5, 500, (batch, length)) if name == "input_ids" else
                         np.ones((batch, length)) if name == "attention_mask" else np.zeros((batch, length))).astype(np.int64)
                  for name in manifest.io.input_names}
         for _ in range(3):
@@ -168,13 +180,17 @@ def build_base(directory: Path) -> Path:
     return directory
 
 
-def speed(base: bool, shapes: list[tuple[int, int]], runs: int, rounds: int) -> None:
+def speed(base: bool, shapes: list[tuple[int, int]], runs: int, rounds: int, family: str = "") -> None:
     """Every candidate exported first, then timed in `rounds` rounds (a process per candidate per round, the
     candidates in turn), keeping each one's best median: a machine shared with other work slows some rounds."""
     root = Path(tempfile.mkdtemp(prefix="poolx-exporters-"))
     try:
-        model = str(build_base(root / "base")) if base else ""
-        label = "BERT-base (random)" if base else "all-MiniLM-L6-v2"
+        if family:
+            model = str(build_family(family, root / family, MINILM_SHAPE))
+            label = f"{family} (random, MiniLM's shape: 6 layers, hidden 384)"
+        else:
+            model = str(build_base(root / "base")) if base else ""
+            label = "BERT-base (random)" if base else "all-MiniLM-L6-v2"
         cols = [f"{b}x{s}" for b, s in shapes]
         made: dict[tuple[str, bool], dict] = {}
         for exporter in EXPORTERS:
@@ -234,11 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     spd.add_argument("--shapes", default="32x128,1x16")
     spd.add_argument("--runs", type=int, default=20)
     spd.add_argument("--rounds", type=int, default=3)
+    spd.add_argument("--family", default="", help="a random model of this model type in MiniLM's shape")
     args = parser.parse_args(argv)
     if args.command == "coverage":
         coverage([f for f in args.families.split(",") if f])
     else:
-        speed(args.base, _shapes(args.shapes), args.runs, args.rounds)
+        speed(args.base, _shapes(args.shapes), args.runs, args.rounds, args.family)
     return 0
 
 

@@ -60,9 +60,11 @@ class BackboneAdapter:
     - `fusions`: the fused ops `poolx.exporter.fuse.fuse` produces on poolx's fp32 TorchScript graph of this
       family (with attention fusion on), as op -> (per layer, constant); None: not pinned (GENERIC);
       `fusions_extra`: the ops a config's options add to them (DeBERTa-v3's normed relative embeddings);
-    - `exporter`: torch's exporter poolx uses for the family when none is asked for: "torchscript" where its
-      fused graph is at least as fast as the dynamo exporter's (BERT-style attention, fused by onnxruntime's
-      optimizer), "dynamo" where only onnxscript's fusions fuse its attention; `dynamo_fusions`: the fused ops
+    - `exporter`: torch's exporter poolx uses for the family when none is asked for. "torchscript" for every
+      family today: on the CPU (2 threads, benchmarks/exporters.py speed) the dynamo exporter's fused graph ran
+      as fast as the TorchScript one on MiniLM (Attention fused by both) and on a MiniLM-shaped Qwen3 (where only
+      onnxscript fuses MultiHeadAttention) within the machine's noise, while it exports 2-4x slower; the dynamo
+      graph is chosen per export (`exporter="dynamo"`). `dynamo_fusions`: the fused ops
       `fuse` produces on the family's dynamo graph (onnxscript's fusions), as `fusions` (None: not pinned);
       `dynamo_unfused`: why the dynamo graph's attention is not fused, where it is not; `dynamo_onnxruntime`: run
       onnxruntime's optimizer (attention off) after onnxscript's fusions, where it fuses more (tanh-GELU as
