@@ -3,6 +3,8 @@ that breaks the path shows up at once; the fixed-axis refusal; the conv1d pooler
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -157,3 +159,21 @@ def test_the_default_exporter_is_the_adapters_and_recorded(bert_mean):
     assert Manifest.read(bert_mean).graph["exporter"] == BERT.exporter == "torchscript"
     assert adapter_for("qwen3").exporter_for(17) == "torchscript"  # opset 17 is the TorchScript exporter's
     assert MODERNBERT.exporter_for(None) == MODERNBERT.exporter
+
+
+@pytest.mark.skipif(not os.environ.get("POOLX_DYNAMO_ALL"),
+                    reason="a second dynamo export (~6 s): set POOLX_DYNAMO_ALL=1")
+def test_int8_of_a_dynamo_graph_keeps_the_pooler_float32_and_verifies(tiny_models, tmp_path):
+    """int8 quantizes the dynamo graph's backbone MatMuls and leaves the pooler's (selected by the scope names),
+    then onnxscript's fusions fuse the attention between the quantized projections; verify holds int8's bound."""
+    import collections
+
+    result = export(str(tiny_models["bert"]), tmp_path / "q", pooling="attention", precision="int8", optimize=True,
+                    exporter="dynamo", max_length=64)
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    assert counts["MatMulInteger"] == result.manifest.graph["quantization"]["quantized_matmuls"] > 0
+    assert result.manifest.graph["fusions"]["MultiHeadAttention"] == L
+    pooler = [n for n in model.graph.node if n.name.startswith("/pooler/")]
+    assert any(n.op_type == "MatMul" for n in pooler) and not any(n.op_type == "MatMulInteger" for n in pooler)
+    assert verify(tmp_path / "q").passed

@@ -303,8 +303,8 @@ def _dynamo_families():
 @pytest.mark.xdist_group("test_dynamo")  # with tests/test_dynamo.py: torch.export's first-call start-up paid once
 @pytest.mark.parametrize("model_type", [
     pytest.param(t, marks=() if t == "qwen3" else pytest.mark.skipif(
-        not __import__("os").environ.get("POOLX_DYNAMO_FAMILIES"),
-        reason="one dynamo export per family (5-15 s each): set POOLX_DYNAMO_FAMILIES=1; qwen3 runs every time",
+        not __import__("os").environ.get("POOLX_DYNAMO_ALL"),
+        reason="one dynamo export per family (5-15 s each): set POOLX_DYNAMO_ALL=1; qwen3 runs every time",
     ))
     for t in _dynamo_families()
 ])
