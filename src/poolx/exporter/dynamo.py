@@ -34,6 +34,18 @@ NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 ROOT_SCOPE = "encoder."  # GraphModule's attribute holding the PooledEncoder: not part of the node names
 
 
+MIN_TORCH = (2, 6)  # torch.export's Dim.AUTO, and torch.onnx.export(ExportedProgram, dynamo=True, optimize=...)
+
+
+def check_torch() -> None:
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+    if version < MIN_TORCH:
+        raise UsageError(
+            f"the dynamo exporter needs torch {'.'.join(map(str, MIN_TORCH))} or later (this is {torch.__version__}); "
+            "upgrade torch or use --exporter torchscript"
+        )
+
+
 def check_opset(opset: int) -> None:
     if opset not in OPSETS:
         raise UsageError(
@@ -47,6 +59,7 @@ def export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], spec: IOSpe
     ModelProto with torch's own dim names, every declared dynamic axis checked symbolic, nodes named by scope.
     `what` names the export in errors ("pooler 'mean'")."""
     check_opset(opset)
+    check_torch()
     dynamic = {t.name: dict.fromkeys(t.dynamic_axes, torch.export.Dim.AUTO) for t in spec.inputs}
     watcher = _SpecialisationWatcher(module, spec)
     try:

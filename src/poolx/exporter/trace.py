@@ -47,6 +47,7 @@ def check_opset(opset: int, exporter: str) -> None:
         from poolx.exporter import dynamo
 
         dynamo.check_opset(opset)
+        dynamo.check_torch()
     elif opset not in OPSETS:
         raise UsageError(f"opset {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of weights above which they go to model.onnx.data (protobuf caps at 2 GiB)
