@@ -8,15 +8,17 @@
   ONNX domain itself, which onnx does not know, so its schema (onnxruntime's own) is registered with onnx before
   the graph is checked (`register_onnxruntime_schemas`).
 - On graphs of the dynamo exporter (poolx.exporter.dynamo) onnxruntime's optimizer fuses no attention (and
-  crashes on ModernBERT's), so `fuse` runs onnxscript's ort fusions there (`optimize_for_ort`: Attention or
-  MultiHeadAttention, SkipLayerNormalization, BiasGelu, RMSNorm and rotary ops), which keep each node's torch
+  crashes on ModernBERT's), so `fuse` runs onnxscript's ort fusions there (`optimize_for_ort`: Attention on
+  BERT-style attention, MultiHeadAttention on rotary encoders and decoders (the rotation stays unfused ops),
+  SkipLayerNormalization, BiasGelu, RMSNorm as the Simplified ops), which keep each node's torch
   scope metadata; the nodes are then named by scope again (the fused ones get new names). onnxruntime's optimizer
   runs after them (attention off) only where the backbone adapter says it adds something (`dynamo_onnxruntime`:
   BigBird's tanh-GELU as FastGelu); elsewhere it adds nothing, and it crashes on ModernBERT's graph (measured on
   every family with benchmarks/exporters.py).
 - fp16 (for CUDA): the fused graph converted with onnxruntime's float16 converter, inputs and outputs kept
   float32. The fused LayerNorm kernels keep their statistics in float32; the pooler and the head (every node under
-  the `/pooler/` and `/head/` scopes, WK's float64 Gram part included) stay float32.
+  the `/pooler/` and `/head/` scopes, WK's float64 Gram part included) stay float32. Dynamo graphs carry those
+  scope names too (poolx.exporter.dynamo names their nodes from the `pkg.torch.onnx.name_scopes` metadata).
 """
 
 from __future__ import annotations
