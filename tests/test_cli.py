@@ -468,3 +468,13 @@ def test_export_and_verify_say_their_steps_and_a_terminal_shows_them(tiny_models
     with cli._progress("verifying"):
         step("anything")
     assert shown == []
+
+
+def test_export_takes_the_exporter_and_refuses_a_bad_one_in_one_line(tiny_models, tmp_path):
+    result = run("export", str(tiny_models["bert"]), "--pooling", "mean", "-o", str(tmp_path / "t"), "--exporter", "torchscript")
+    assert result.exit_code == 0, result.output
+    assert "(torchscript exporter)" in result.stdout and Manifest.read(tmp_path / "t").graph["exporter"] == "torchscript"
+    for args, message in ((["--exporter", "onnx"], "exporter"), (["--exporter", "dynamo", "--opset", "17"], "opset 17")):
+        bad = run("export", str(tiny_models["bert"]), "-o", str(tmp_path / "b"), *args)
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
+        assert not (tmp_path / "b").exists()

@@ -213,7 +213,11 @@ def export(
     outputs: Annotated[Optional[str], typer.Option(
         help="Also output the backbone's raw tensors, comma-separated: last_hidden_state, pooler_output, "
         "hidden_states (stacked L+1,B,S,D), attentions (stacked L,B,heads,S,S).")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset, 14..20.")] = 17,
+    opset: Annotated[Optional[int], typer.Option(
+        help="ONNX opset: torchscript 14..20 (default 17), dynamo 18..20 (default 18).", show_default=False)] = None,
+    exporter: Annotated[Optional[str], typer.Option(
+        help="torch's ONNX exporter: torchscript or dynamo (torch.export; --optimize then uses onnxscript's fusions). "
+        "Default: the architecture's choice (torchscript for every family today).", show_default=False)] = None,
     max_length: Annotated[Optional[int], typer.Option(
         help="Tokens per text at run time (longer texts are truncated). Default: the model's max_seq_length "
         "(sentence-transformers) or the tokenizer's limit.", show_default=False)] = None,
@@ -259,7 +263,7 @@ def export(
         result = run_export(
             model, output, pooling=pooling, num_labels=num_labels,
             raw_outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else (),
-            opset=opset, max_length=max_length, force=force, seed=seed, external_data=external_data,
+            opset=opset, exporter=exporter, max_length=max_length, force=force, seed=seed, external_data=external_data,
             precision=precision, optimize=optimize, target=target, calibration=texts, normalize=normalize, **options,
         )
     for note in result.notes:
@@ -268,7 +272,7 @@ def export(
     outs = ", ".join(f"{t.name} {list(t.shape)}" for t in m.io.outputs)
     typer.echo(
         f"exported {m.source['name']} + {m.pooling['name']} pooler to {result.directory} "
-        f"in {result.seconds:.1f}s\n  inputs: {', '.join(m.io.input_names)}\n  outputs: {outs}\n"
+        f"in {result.seconds:.1f}s ({m.graph.get('exporter', 'torchscript')} exporter)\n  inputs: {', '.join(m.io.input_names)}\n  outputs: {outs}\n"
         f"{_describe_variant(m)}  next: poolx verify {result.directory}"
     )
     if triton is not None:
