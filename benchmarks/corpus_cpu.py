@@ -61,7 +61,7 @@ def worker(candidate: str, root: Path, count: int, threads: int, out: Path) -> d
         throughput = candidate.endswith("throughput")
         compiled = ov.Core().compile_model(str(plain / "model.onnx"), "CPU", {
             "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY", "INFERENCE_NUM_THREADS": threads})
-        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        precision = "bf16" if compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else "f32"
         tokenizer = AutoTokenizer.from_pretrained(str(resolve_source(None).path))
         names = {i.get_any_name() for i in compiled.inputs}
         output = compiled.output("sentence_embedding")
