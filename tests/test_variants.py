@@ -253,7 +253,7 @@ def test_int8_graph_is_onnxruntimes_quantizer_graph_bit_for_bit(signed, tiny_mod
 
 @pytest.mark.parametrize("signed_reaches_bound", [True, False], ids=["int8-weights-kept", "uint8-fallback"])
 def test_int8_weights_first_uint8_only_when_they_miss_the_bound_without_vnni(signed_reaches_bound, tiny_models, tmp_path, monkeypatch):
-    """Without VNNI, int8 weights (onnxruntime's U8S8 kernels, 1.5-2x faster than U8U8 on MiniLM on an AVX2 CPU)
+    """Without VNNI, int8 weights (onnxruntime's U8S8 kernels, faster than U8U8)
     are tried first and kept when the measured cosine reaches the bound; uint8 weights only when it does not. The
     measured cosine of int8-weight graphs is bent here to make them miss the bound."""
     import poolx.exporter.quantize as quantize

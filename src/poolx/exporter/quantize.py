@@ -132,11 +132,13 @@ def quantize_int8(
 
 def weight_kinds() -> tuple[bool, ...]:
     """The weight kinds int8 tries, fastest first: symmetric int8 (True), then, on a CPU without VNNI, asymmetric
-    uint8 (False). onnxruntime runs int8 weights with its U8S8 kernels, uint8 weights with U8U8 kernels, which on
-    an AVX2 CPU took 1.5-2x as long on MiniLM at 32 x 128 (benchmarks/int8_vs_ort.py). Without VNNI the U8S8
-    kernels (AVX2 `vpmaddubsw`) add pairs of uint8 x int8 products in saturating int16, so int8 weights may not
-    reach the bound there: the measured cosine decides, and uint8 is the fallback (on an AVX2 AMD EPYC MiniLM
-    reached 0.9966 with int8 weights and 3 MatMul groups kept fp32)."""
+    uint8 (False). onnxruntime runs int8 weights with its U8S8 kernels, uint8 weights with U8U8 kernels, which took
+    1.5-2x as long on MiniLM at 32 x 128 in a side run on an AVX512-VNNI AMD EPYC (uint8 forced; not a committed
+    figure). Without VNNI the U8S8 kernels (AVX2 `vpmaddubsw`) add pairs of uint8 x int8 products in saturating
+    int16, so int8 weights may miss the bound there (an earlier session measured 0.9865 on an AVX2 EPYC, before
+    groups could be kept fp32): the measured cosine on the exporting CPU decides, and uint8 is the fallback.
+    Whether MiniLM keeps int8 weights on an AVX2 CPU was not measured (no such CPU in the session that made
+    this change)."""
     return (True,) if has_vnni() else (True, False)
 
 
