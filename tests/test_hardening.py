@@ -69,3 +69,36 @@ def test_a_listed_file_that_links_outside_is_refused(external, tmp_path):
 
 def test_the_genuine_external_data_export_still_loads(external):
     assert Embedder(external, "cpu").embed(["hello"]).shape == (1, 32)
+
+
+def _copy_with(source, tmp_path, name, edit=None, files=None):
+    """A copy of the export `source` with `files` replaced and the manifest edited, checksums recomputed (so only
+    the content is at fault, not the checksums)."""
+    import json
+
+    target = tmp_path / name
+    shutil.copytree(source, target)
+    for file, content in (files or {}).items():
+        (target / file).write_bytes(content)
+    manifest = json.loads((target / "manifest.json").read_text())
+    (edit or (lambda m: None))(manifest)
+    manifest["files"] = checksum_tree(target)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_a_manifest_without_the_output_width_is_a_broken_export_not_an_internal_error(bert_mean, tmp_path):
+    """`pooling.output_dim` removed: `poolx embed` said "internal error (a bug in poolx)", exit 3; verify passed."""
+    broken = _copy_with(bert_mean, tmp_path, "no-width", edit=lambda m: m["pooling"].pop("output_dim"))
+    for args in (["embed", str(broken), "hi", "--provider", "cpu"], ["verify", str(broken)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "output_dim" in result.output and "internal error" not in result.output
+
+
+def test_openvino_on_a_graph_that_is_not_onnx_is_one_line(bert_mean, tmp_path):
+    """OpenVINO tried its other frontends on an unreadable model.onnx (TensorFlow's logs on stderr) and the error's
+    first line was "Exception from src/inference/src/cpp/core.cpp:132:"."""
+    pytest.importorskip("openvino")
+    broken = _copy_with(bert_mean, tmp_path, "garbage", files={"model.onnx": b"garbage"})
+    with pytest.raises(BrokenExportError, match="model.onnx is not a readable ONNX file"):
+        Embedder(broken, "openvino")

@@ -128,6 +128,9 @@ class Manifest:
                 raise TypeError("source, pooling, graph, tokenizer and versions must be objects")
         int(self.tokenizer["max_length"]), int(self.tokenizer["pad_token_id"])  # required
         str(self.pooling["name"]), str(self.source["name"])
+        width = self.pooling["output_dim"]  # the Embedder's output width: required, a positive integer
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"pooling.output_dim must be a positive integer, got {width!r}")
         for ref in (self.graph["file"], self.graph.get("external_data"), self.pooling.get("weights")):
             if ref is not None and ref not in self.files:
                 raise ValueError(f"{ref!r} is used by the export but not listed in 'files'")

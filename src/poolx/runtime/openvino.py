@@ -63,11 +63,15 @@ class OpenVinoSession:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:  # read as ONNX first: OpenVINO would try its other frontends (TensorFlow's logs) on an unreadable file
+            outputs = _graph_outputs(graph)
+        except Exception as e:  # protobuf's DecodeError, OSError, onnx's errors
+            raise BrokenExportError(f"{graph} is not a readable ONNX file ({first_line(e)[:200]}); re-export") from None
         try:
             self.model = ov.Core().compile_model(str(graph), "CPU", config)
-        except Exception as e:  # OpenVINO raises RuntimeError with its frontend's message
-            first = first_line(e)[:300]
-            raise BrokenExportError(f"OpenVINO cannot compile {graph}: {first}") from None
+        except Exception as e:  # OpenVINO raises RuntimeError: "Exception from <source file>:" then its message
+            lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith("Exception from ")]
+            raise BrokenExportError(f"OpenVINO cannot compile {graph}: {(lines or [first_line(e)])[0][:300]}") from None
         # what the plugin compiled, not what was asked: a CPU without bf16 runs f32 whatever the hint says
         # (an `openvino.Type`: its str() is "<Type: 'bfloat16'>", so it is compared with the type, not a name)
         self.precision = BF16 if self.model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else F32
@@ -78,7 +82,7 @@ class OpenVinoSession:
             self._requests.put(self.model.create_infer_request())
         # a port has every name of its tensor; the graph's output names, in the graph's order, are the ONNX file's
         ports = {name: port for port in self.model.outputs for name in port.get_names()}
-        self._outputs = {name: ports[name] for name in _graph_outputs(graph)}
+        self._outputs = {name: ports[name] for name in outputs}
 
     def get_outputs(self) -> list[Any]:
         return [_Named(name) for name in self._outputs]
