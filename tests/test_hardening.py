@@ -102,3 +102,16 @@ def test_openvino_on_a_graph_that_is_not_onnx_is_one_line(bert_mean, tmp_path):
     broken = _copy_with(bert_mean, tmp_path, "garbage", files={"model.onnx": b"garbage"})
     with pytest.raises(BrokenExportError, match="model.onnx is not a readable ONNX file"):
         Embedder(broken, "openvino")
+
+
+def test_a_tokenizer_that_panics_is_one_line_exit_2_not_a_traceback(bert_mean, tmp_path):
+    """An edited tokenizer.json whose pre-tokenizer regex backtracks past Oniguruma's limit panics in Rust
+    (pyo3's PanicException, a BaseException): `poolx embed` printed a Python traceback, exit 1."""
+    import json
+
+    pipeline = json.loads((bert_mean / "tokenizer.json").read_text())
+    pipeline["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}
+    broken = _copy_with(bert_mean, tmp_path, "regex", files={"tokenizer.json": json.dumps(pipeline).encode()})
+    result = CliRunner().invoke(app, ["embed", str(broken), "a" * 40 + "b", "--provider", "cpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "tokenizer.json failed on a text (Onig: Regex search error" in result.output

@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from poolx.errors import BrokenExportError
+from poolx.errors import BrokenExportError, first_line
 from poolx.manifest import Manifest
 
 CUT_CHARS_PER_TOKEN = 8  # the first cut: 8 characters per kept token (English averages about 4.5 with its space)
@@ -82,7 +82,7 @@ class TextEncoder:
     def __init__(self, directory: str | Path, manifest: Manifest) -> None:
         from tokenizers import Tokenizer
 
-        path = Path(directory) / "tokenizer.json"
+        path = self.path = Path(directory) / "tokenizer.json"
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a plain Exception for unreadable files
@@ -105,7 +105,19 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], prefix: str = "") -> list:
         """`tokenizers.Encoding`s of `prefix` + each text, truncated to max_length (a truncated one has
         `overflowing` parts). A long text is cut before it is tokenized, at a bound that is shown not to change its
-        ids (see the module docstring), so the work and memory are those of its first max_length tokens."""
+        ids (see the module docstring), so the work and memory are those of its first max_length tokens. A panic of
+        the tokenizer (its Rust code: a pathological regex in an edited tokenizer.json) is a BrokenExportError."""
+        try:
+            return self._encode(texts, prefix)
+        except BaseException as e:  # pyo3's PanicException derives from BaseException, not Exception
+            if type(e).__name__ != "PanicException":
+                raise
+            raise BrokenExportError(
+                f"{self.path} failed on a text ({first_line(e)[:200]}); its pipeline (a "
+                "pre-tokenizer regex?) cannot tokenize it: re-export with the model's own tokenizer"
+            ) from None
+
+    def _encode(self, texts: Sequence[str], prefix: str) -> list:
         texts = texts if isinstance(texts, list) else list(texts)
         out: list[Any] = [None] * len(texts)
         whole = [i for i, t in enumerate(texts) if len(t) <= self.cut_chars]
