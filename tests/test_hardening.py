@@ -5,6 +5,7 @@ session opens, with checksums that match (the attacker writes the manifest too),
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import shutil
 
 import onnx
@@ -115,3 +116,30 @@ def test_a_tokenizer_that_panics_is_one_line_exit_2_not_a_traceback(bert_mean, t
     result = CliRunner().invoke(app, ["embed", str(broken), "a" * 40 + "b", "--provider", "cpu"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "tokenizer.json failed on a text (Onig: Regex search error" in result.output
+
+
+def test_the_onnxruntime_floor_refuses_external_data_outside_the_directory_on_its_own(tmp_path):
+    """Issue 14: besides poolx's own check, every onnxruntime poolx allows refuses a graph whose external data lies
+    outside its directory (1.23.2 read "../secret.bin" and an absolute path; 1.24.1 refuses both)."""
+    import tomllib
+
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["cpu"] == ["onnxruntime>=1.24.1"] and extras["gpu"] == ["onnxruntime-gpu>=1.24.1"]
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    (tmp_path / "export").mkdir()
+    for location in ("../secret.bin", str(tmp_path / "secret.bin")):
+        weight = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+            weight.external_data.add(key=key, value=value)
+        graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        (tmp_path / "export" / "model.onnx").write_bytes(model.SerializeToString())
+        with pytest.raises(Exception, match="(?i)external data|absolute path"):
+            ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
