@@ -65,7 +65,8 @@ class BackboneAdapter:
       as fast as the TorchScript one on MiniLM (Attention fused by both) and on a MiniLM-shaped Qwen3 (where only
       onnxscript fuses MultiHeadAttention) within the machine's noise, while it exports 2-4x slower; the dynamo
       graph is chosen per export (`exporter="dynamo"`). The exception measured so far is ModernBERT (MiniLM's
-      shape: 1.16x the TorchScript fused graph at 32x128, 1.29x at 1x16; 340 nodes instead of 952), whose default
+      shape, no other load: the dynamo fused graph 843 ms at 32x128 against 985 for the TorchScript fused one,
+      1.17x, and 1.05x the TorchScript plain graph; 1x16 equal, 5.2 ms; 327 nodes instead of 797), whose default
       is still "torchscript" while the suite's family tests pin the TorchScript graph (issue 15);
     - `dynamo_fusions`: the fused ops `fuse` produces on the family's dynamo graph (onnxscript's fusions), as
       `fusions` (None: not pinned);
