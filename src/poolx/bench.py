@@ -227,17 +227,16 @@ def run_bench(
         for device in devices:
             for variant in bench_variants(device):
                 out = store / variant.name
-                if variant.name in ready:
-                    pass
-                elif not _reusable(out, base):
-                    if model_dir is None:  # the variants are exported from the exact eager model (trained weights)
-                        model_dir = rebuild_encoder(base, Path(directory)).save_pretrained(root / "model", tokenizer)
-                    log(f"exporting the {variant.label} variant")
-                    export(model_dir, out, max_length=base.max_length, variant=variant, force=True)
-                    out.with_name(out.name + ".from").write_text(_stamp(base))
-                else:
-                    log(f"reusing the {variant.label} variant in {out}")
-                ready.add(variant.name)
+                if variant.name not in ready:
+                    ready.add(variant.name)
+                    if _reusable(out, base):
+                        log(f"reusing the {variant.label} variant in {out}")
+                    else:
+                        if model_dir is None:  # the variants are exported from the exact eager model (trained weights)
+                            model_dir = rebuild_encoder(base, Path(directory)).save_pretrained(root / "model", tokenizer)
+                        log(f"exporting the {variant.label} variant")
+                        export(model_dir, out, max_length=base.max_length, variant=variant, force=True)
+                        out.with_name(out.name + ".from").write_text(_stamp(base))
                 candidates.append(Candidate(f"poolx {variant.short_name}", device.name, "embedder", str(out)))
         shapes = [(batch, length) for length in lengths for batch in batch_sizes]
         workloads = {f"{b}x{n}": texts_of_length(tokenizer, b, n) for b, n in shapes}

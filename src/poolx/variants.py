@@ -217,6 +217,6 @@ def bench_variants(target: Provider) -> tuple[Variant, ...]:
     OpenVINO the plain graph (it compiles the graph itself and takes neither fused nor int8 graphs)."""
     if target is CPU:
         return (Variant(), Variant(FP32, True, CPU), Variant(INT8, False, CPU))
-    if target.runtime == "openvino":
+    if target is OPENVINO:
         return (Variant(),)
     return (Variant(FP32, True, CUDA), Variant(FP16, True, CUDA))

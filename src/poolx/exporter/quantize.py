@@ -88,7 +88,7 @@ def quantize_int8(
         amax = activation_ranges(probe, batches)
         reference = _run(source, output, batches)
         attempts = 0
-        errors: dict[str, float] = {}
+        errors_at: dict[float | None, dict[str, float]] = {}  # each group's simulated int8 error, per alpha
 
         def attempt(alpha: float | None, kept: Sequence[str], signed: bool) -> tuple[float, Path]:
             nonlocal attempts
@@ -109,8 +109,9 @@ def quantize_int8(
             cosine, path = candidates[alpha]
             kept: list[str] = []
             if cosine < min_cosine:  # simulate each group's int8 error only when some must stay fp32
-                errors = errors or simulated_errors(probe, batches, weights, amax, alpha)
-                worst_first = sorted(groups, key=lambda t: -errors[t])
+                if alpha not in errors_at:  # the uint8 pass may pick another alpha than the int8 one
+                    errors_at[alpha] = simulated_errors(probe, batches, weights, amax, alpha)
+                worst_first = sorted(groups, key=lambda t: -errors_at[alpha][t])
                 while cosine < min_cosine and len(kept) < len(groups) // 3:
                     step(f"int8: min cosine {cosine:.4f} < {min_cosine}; keeping {len(kept) + 1} MatMul group(s) fp32")
                     kept.append(worst_first[len(kept)])

@@ -75,7 +75,6 @@ class OpenVinoSession:
         # what the plugin compiled, not what was asked: a CPU without bf16 runs f32 whatever the hint says
         # (an `openvino.Type`: its str() is "<Type: 'bfloat16'>", so it is compared with the type, not a name)
         self.precision = BF16 if self.model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16 else F32
-        self.streams = int(self.model.get_property("NUM_STREAMS"))
         self.parallel = max(1, int(self.model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))  # runs at once
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.parallel):
