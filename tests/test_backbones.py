@@ -116,7 +116,8 @@ def test_generic_position_limit_with_and_without_the_model(model_type):
 
 
 def test_expected_fusions_scale_with_layers():
-    """What onnxruntime's optimizer fuses on poolx's graphs (measured with `fuse` on tiny models of each family
+    """What `fuse` fuses on poolx's graphs from each family's default exporter (onnxruntime's optimizer on the
+    TorchScript graph, onnxscript's fusions on ModernBERT's dynamo graph; measured on tiny models of each family
     with 1, 2 and 3 layers, onnxruntime 1.32; tests/test_variants.py and tests/test_families.py pin them on real
     exports)."""
     per_family = {a.family: a.expected_fusions(4) for a in ADAPTERS}
@@ -127,7 +128,7 @@ def test_expected_fusions_scale_with_layers():
         "roberta": {"LayerNormalization": 1, "Attention": 4, "BiasGelu": 4, "SkipLayerNormalization": 8},
         "deberta": {"LayerNormalization": 1, "BiasGelu": 4, "SkipLayerNormalization": 8},
         "mpnet": {"BiasGelu": 4, "SkipLayerNormalization": 9},
-        "modernbert": {"LayerNormalization": 1, "Gelu": 4, "SkipLayerNormalization": 8},
+        "modernbert": {"LayerNormalization": 9, "Gelu": 4, "MultiHeadAttention": 4},  # its default is dynamo
         "nomic_bert": {"SkipLayerNormalization": 9},
         "gte": {"Gelu": 4, "SkipLayerNormalization": 9},
         "roformer": {"BiasGelu": 4, "SkipLayerNormalization": 9},
@@ -138,6 +139,8 @@ def test_expected_fusions_scale_with_layers():
         "longformer": None,  # refused
     }
     assert adapter_for(tiny("bert")).expected_fusions(12)["SkipLayerNormalization"] == 24
+    assert adapter_for("modernbert").expected_fusions(4, exporter="torchscript") == {
+        "LayerNormalization": 1, "Gelu": 4, "SkipLayerNormalization": 8}
     # DeBERTa-v3 LayerNorms its relative position embeddings: one more LayerNormalization, from the config
     v3 = tiny("deberta-v2", relative_attention=True, norm_rel_ebd="layer_norm")
     assert adapter_for(v3).expected_fusions(4, v3)["LayerNormalization"] == 2

@@ -217,7 +217,7 @@ def export(
         help="ONNX opset: torchscript 14..20 (default 17), dynamo 18..20 (default 18).", show_default=False)] = None,
     exporter: Annotated[Optional[str], typer.Option(
         help="torch's ONNX exporter: torchscript or dynamo (torch.export; --optimize then uses onnxscript's fusions). "
-        "Default: the architecture's choice (torchscript for every family today).", show_default=False)] = None,
+        "Default: the architecture's choice (dynamo for ModernBERT, torchscript for the rest).", show_default=False)] = None,
     max_length: Annotated[Optional[int], typer.Option(
         help="Tokens per text at run time (longer texts are truncated). Default: the model's max_seq_length "
         "(sentence-transformers) or the tokenizer's limit.", show_default=False)] = None,

@@ -60,14 +60,13 @@ class BackboneAdapter:
     - `fusions`: the fused ops `poolx.exporter.fuse.fuse` produces on poolx's fp32 TorchScript graph of this
       family (with attention fusion on), as op -> (per layer, constant); None: not pinned (GENERIC);
       `fusions_extra`: the ops a config's options add to them (DeBERTa-v3's normed relative embeddings);
-    - `exporter`: torch's exporter poolx uses for the family when none is asked for. "torchscript" for every
-      family today: on the CPU (2 threads, benchmarks/exporters.py speed) the dynamo exporter's fused graph ran
-      as fast as the TorchScript one on MiniLM (Attention fused by both) and on a MiniLM-shaped Qwen3 (where only
-      onnxscript fuses MultiHeadAttention) within the machine's noise, while it exports 2-4x slower; the dynamo
-      graph is chosen per export (`exporter="dynamo"`). The exception measured so far is ModernBERT (MiniLM's
-      shape, no other load: the dynamo fused graph 843 ms at 32x128 against 985 for the TorchScript fused one,
-      1.17x, and 1.05x the TorchScript plain graph; 1x16 equal, 5.2 ms; 327 nodes instead of 797), whose default
-      is still "torchscript" while the suite's family tests pin the TorchScript graph (issue 15);
+    - `exporter`: torch's exporter poolx uses for the family when none is asked for (recorded in the manifest).
+      "torchscript" for most families: on the CPU (2 threads, benchmarks/exporters.py speed) the dynamo
+      exporter's fused graph ran as fast as the TorchScript one on MiniLM (Attention fused by both) and on a
+      MiniLM-shaped Qwen3 (where only onnxscript fuses MultiHeadAttention) within the machine's noise, while it
+      exports 2-4x slower. "dynamo" for ModernBERT (MiniLM's shape, no other load: the dynamo fused graph 843 ms
+      at 32x128 against 985 for the TorchScript fused one, 1.17x; 1x16 equal, 5.2 ms; 327 nodes instead of 797);
+      `exporter="dynamo"|"torchscript"` overrides it per export;
     - `dynamo_fusions`: the fused ops `fuse` produces on the family's dynamo graph (onnxscript's fusions), as
       `fusions` (None: not pinned);
       `dynamo_unfused`: why the dynamo graph's attention is not fused, where it is not; `dynamo_onnxruntime`: run
@@ -257,7 +256,7 @@ ELECTRA = BackboneAdapter(
 # itself stays ops before it); on ModernBERT it fuses no residual add into its norms (2L + 1 LayerNormalization),
 # and onnxruntime's optimizer crashes on that graph (IndexError in its SkipLayerNormalization fusion).
 MODERNBERT = BackboneAdapter(
-    "modernbert", ("modernbert",), token_type_ids=False, pooler_head=False,
+    "modernbert", ("modernbert",), token_type_ids=False, pooler_head=False, exporter="dynamo",
     fusions={"LayerNormalization": (0, 1), "Gelu": (1, 0), "SkipLayerNormalization": (2, 0)},
     dynamo_fusions={"LayerNormalization": (2, 1), "Gelu": (1, 0), "MultiHeadAttention": (1, 0)},
 )
