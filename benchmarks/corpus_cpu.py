@@ -9,7 +9,8 @@ thread count, alternating rounds, medians; texts/s and the ratio against sentenc
 model's Hugging Face tokenizer on batches of 32 texts in file order (padding to the longest of the batch,
 truncation at the export's max_length), one `infer` per batch with the latency hint, an `AsyncInferQueue` with the
 throughput hint. poolx's candidates are `Embedder.embed(texts)` (length-sorted batches cut where padding costs
-more than a run; with `throughput`, OpenVINO's streams run batches concurrently). The min cosine of each
+more than a run; with `throughput`, OpenVINO's streams run batches concurrently), on the plain graph, onnxruntime's
+int8 graph and the int8 graph for OpenVINO (`--precision int8 --target openvino`, NNCF's). The min cosine of each
 candidate's vectors against sentence-transformers fp32's is printed beside its speed."""
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ BATCH = 32
 def candidates(cpu_bf16: bool) -> list[str]:
     names = ["sentence-transformers fp32"] + (["sentence-transformers bf16"] if cpu_bf16 else [])
     return names + ["openvino by hand, latency", "openvino by hand, throughput", "poolx fp32 (onnxruntime)",
-                    "poolx int8 (onnxruntime)", "poolx openvino", "poolx openvino, throughput"]
+                    "poolx int8 (onnxruntime)", "poolx openvino", "poolx openvino, throughput",
+                    "poolx int8 for openvino", "poolx int8 for openvino, throughput"]
 
 
 def worker(candidate: str, root: Path, count: int, threads: int, out: Path) -> dict:
@@ -87,7 +89,7 @@ def worker(candidate: str, root: Path, count: int, threads: int, out: Path) -> d
     else:
         from poolx.runtime.embedder import Embedder
 
-        directory = root / ("int8" if "int8" in candidate else "fp32")
+        directory = root / ("int8-openvino" if "int8 for openvino" in candidate else "int8" if "int8" in candidate else "fp32")
         provider = "openvino" if "openvino" in candidate else "cpu"
         embedder = Embedder(directory, provider, threads=threads, throughput=candidate.endswith("throughput"))
         precision = embedder.provider.description
@@ -120,6 +122,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="poolx-corpus-"))
     export(None, root / "fp32")
     export(None, root / "int8", precision="int8")
+    export(None, root / "int8-openvino", precision="int8", target="openvino")
     names = candidates(cpu_has_bf16())
     speeds: dict[str, list[float]] = {}
     precision: dict[str, str] = {}

@@ -6,7 +6,8 @@ each candidate in its own process, the same thread count, alternating rounds, me
 Exports the packaged all-MiniLM-L6-v2 (its sentence-transformers pipeline, plain fp32) to a temporary directory,
 then times one model run on random token ids at 32 x 128 and 1 x 16 (graph only: no tokenization; torch runs
 `SentenceTransformer`'s modules on the same ids). Prints one table; ratios are against sentence-transformers fp32
-in the same run. The OpenVINO row says the precision its CPU plugin compiled (bf16 only on CPUs that have it)."""
+in the same run. The OpenVINO rows say the precision its CPU plugin compiled (bf16 only on CPUs that have it);
+the last runs the int8 graph built for OpenVINO (`--precision int8 --target openvino`, NNCF's)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CANDIDATES = ("sentence-transformers fp32", "poolx onnxruntime cpu", "poolx openvino")
+CANDIDATES = ("sentence-transformers fp32", "poolx onnxruntime cpu", "poolx openvino", "poolx int8 for openvino")
 SHAPES = ((32, 128), (1, 16))
 
 
@@ -47,8 +48,9 @@ def worker(candidate: str, directory: str, batch: int, length: int, threads: int
         from poolx.providers import get_provider
         from poolx.runtime.session import create_session
 
-        provider = get_provider("openvino" if candidate == "poolx openvino" else "cpu")
-        session = create_session(Path(directory) / "model.onnx", provider, threads)
+        provider = get_provider("openvino" if "openvino" in candidate else "cpu")
+        graph = Path(directory).with_name("int8-openvino") if "int8" in candidate else Path(directory)
+        session = create_session(graph / "model.onnx", provider, threads)
         precision = getattr(session, "precision", "fp32")
 
         def run() -> None:
@@ -79,6 +81,7 @@ def main() -> None:
 
     directory = Path(tempfile.mkdtemp()) / "minilm"
     export(None, directory)
+    export(None, directory.with_name("int8-openvino"), precision="int8", target="openvino")
     results: dict[tuple[str, tuple[int, int]], list[float]] = {}
     precisions: dict[str, str] = {}
     for _ in range(args.rounds):

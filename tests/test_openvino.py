@@ -172,3 +172,72 @@ def test_a_throughput_embedder_runs_its_streams_batches_at_once_with_the_same_nu
     assert most[0] == embedder.session.parallel
     want = Embedder(bert_mean, "openvino", threads=2, throughput=False).embed(texts, batch_size=8)
     assert (np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)).min() > 0.9999
+
+
+# ---- int8 for OpenVINO (--precision int8 --target openvino): NNCF's static QDQ graph -------------------------------
+@pytest.fixture(scope="module")
+def bert_int8_openvino(tiny_models, tmp_path_factory):
+    pytest.importorskip("nncf")
+    out = tmp_path_factory.mktemp("int8-openvino") / "o"
+    export(str(tiny_models["bert"]), out, pooling="mean", max_length=64, precision="int8", target="openvino")
+    return out
+
+
+def test_int8_for_openvino_is_nncfs_qdq_graph_held_to_its_bound(bert_int8_openvino, bert_mean):
+    import collections
+
+    import onnx
+
+    from poolx.manifest import Manifest
+    from poolx.variants import OPENVINO_INT8_TOLERANCE
+
+    manifest = Manifest.read(bert_int8_openvino)
+    assert manifest.variant == Variant(INT8, False, OPENVINO) and manifest.variant.name == "int8-openvino"
+    quantization = manifest.graph["quantization"]
+    assert quantization["method"].startswith("NNCF") and quantization["calibration_min_cosine"] >= 0.997
+    ops = collections.Counter(n.op_type for n in onnx.load(str(bert_int8_openvino / "model.onnx")).graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    # every MatMul by a weight in the plain graph (Q, K, V, attention output, FFN up and down per layer) is int8,
+    # less those kept fp32 to hold the accuracy
+    from poolx.exporter.quantize import weight_groups
+
+    plain = sum(map(len, weight_groups(onnx.load(str(bert_mean / "model.onnx"))).values()))
+    assert plain == 24 and quantization["quantized_matmuls"] == plain - len(quantization["kept_fp32"])
+    pooler = [n for n in onnx.load(str(bert_int8_openvino / "model.onnx")).graph.node if n.name.startswith("/pooler/")]
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in pooler)  # the pooler stays fp32
+    report = verify(bert_int8_openvino)  # on OpenVINO (the graph's target), to int8-for-OpenVINO's bound
+    assert report.passed and report.provider.startswith("openvino (") and report.variant == "int8 for openvino"
+    assert manifest.variant.tolerance_on(OPENVINO) is OPENVINO_INT8_TOLERANCE and OPENVINO_INT8_TOLERANCE.min_cosine == 0.995
+    assert report.outputs[0].min_cosine >= 0.995
+
+
+def test_int8_for_openvino_runs_there_only_and_auto_picks_it(bert_int8_openvino, bert_mean, tmp_path):
+    embedder = Embedder(bert_int8_openvino)  # auto
+    assert embedder.provider is OPENVINO
+    got, want = embedder.embed(TEXTS), Embedder(bert_mean, "cpu").embed(TEXTS)  # the same tiny BERT, fp32
+    assert (np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)).min() >= 0.995
+    with pytest.raises(UsageError, match="runs on OpenVINO only"):
+        Embedder(bert_int8_openvino, "cpu")
+    result = CliRunner().invoke(app, ["embed", str(bert_int8_openvino), "hi", "--provider", "cpu"])
+    assert result.exit_code == 2 and "runs on OpenVINO only" in result.stderr and "Traceback" not in result.output
+    from poolx.deploy.triton import write_triton_repo
+
+    with pytest.raises(UsageError, match="runs on OpenVINO only"):
+        write_triton_repo(bert_int8_openvino, tmp_path / "triton")
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(precision="fp32", target="openvino"), "OpenVINO takes the plain fp32 graph"),
+    (dict(precision="fp32", optimize=True, target="openvino"), "OpenVINO takes the plain fp32 graph"),
+    (dict(precision="fp16", target="openvino"), "OpenVINO takes the plain fp32 graph"),
+    (dict(precision="int8", optimize=True, target="openvino"), "drop --optimize"),
+])
+def test_what_is_not_built_for_openvino_is_refused_before_loading(args, message):
+    with pytest.raises(UsageError, match=message):
+        Variant.resolve(**args)
+
+
+def test_bench_builds_the_int8_graph_for_openvino():
+    from poolx.variants import bench_variants
+
+    assert bench_variants(OPENVINO) == (Variant(), Variant(INT8, False, OPENVINO))

@@ -51,7 +51,9 @@ def test_tensorrt_profile_is_one_object_for_the_embedder_and_triton():
 def test_precisions_hold_their_bounds_targets_and_providers():
     assert set(PRECISIONS) == {"fp32", "fp16", "int8"}
     assert FP32.tolerance.atol == 1e-4 and FP16.tolerance.min_cosine == 0.999 and INT8.tolerance.min_cosine == 0.99
-    assert FP16.always_fused and FP16.targets == (CUDA,) and INT8.targets == (CPU,)
+    assert FP16.always_fused and FP16.targets == (CUDA,) and INT8.targets == (CPU, OPENVINO)
+    assert Variant(INT8, False, OPENVINO).tolerance.min_cosine == 0.995  # its own bound; onnxruntime's int8 keeps 0.99
+    assert Variant(INT8, False, OPENVINO).tolerance_on(OPENVINO).min_cosine == 0.995  # not bf16's 0.999
 
 
 @pytest.mark.parametrize("variant,runs_on,label,name", [
@@ -61,6 +63,7 @@ def test_precisions_hold_their_bounds_targets_and_providers():
     (Variant(FP16, True, CUDA), (CPU, CUDA), "fp16 optimized for cuda", "fp16-cuda"),
     (Variant(INT8, False, CPU), (CPU,), "int8 for cpu", "int8-cpu"),
     (Variant(INT8, True, CPU), (CPU,), "int8 optimized for cpu", "int8-optimized-cpu"),
+    (Variant(INT8, False, OPENVINO), (OPENVINO,), "int8 for openvino", "int8-openvino"),
 ])
 def test_what_runs_each_variant(variant, runs_on, label, name):
     assert variant.runs_on == runs_on and variant.label == label and variant.name == name

@@ -110,17 +110,14 @@ def texts_of_length(tokenizer: Any, batch: int, length: int) -> list[str]:
 def corpus_texts(corpus: int | str | Path) -> list[str]:
     """The texts of the corpus workload: the first `corpus` texts of the packaged corpus (an int, or a string of
     digits; 0 for none), or the non-blank lines of a text file."""
-    import gzip
-    from importlib.resources import files
-
+    from poolx.data import packaged_corpus
     from poolx.errors import UsageError
 
     if isinstance(corpus, int) or str(corpus).isdigit():
         count = int(corpus)
         if not 0 <= count <= 10_000:
             raise UsageError(f"--corpus takes 0..10000 texts of the packaged corpus or a .txt file, got {count}")
-        texts = gzip.decompress(files("poolx").joinpath("data/corpus.txt.gz").read_bytes()).decode().splitlines()
-        return texts[:count]
+        return packaged_corpus()[:count]
     path = Path(corpus)
     try:
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

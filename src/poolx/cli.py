@@ -229,9 +229,10 @@ def export(
         "onnxruntime's transformer optimizer.", rich_help_panel=VARIANTS)] = False,
     precision: Annotated[str, typer.Option(
         help="fp32; fp16 (CUDA: fused, fp16 weights and compute, fp32 inputs/outputs, LayerNorm statistics and "
-        "pooler); int8 (CPU: dynamic int8 MatMuls, per-channel, SmoothQuant-calibrated).", rich_help_panel=VARIANTS)] = "fp32",
+        "pooler); int8 (CPU: dynamic int8 MatMuls, per-channel, SmoothQuant-calibrated; with --target openvino "
+        "NNCF's static int8 for OpenVINO).", rich_help_panel=VARIANTS)] = "fp32",
     target: Annotated[Optional[str], typer.Option(
-        help="cpu or cuda: the provider the graph is optimized for. Default: cuda for fp16, else cpu.",
+        help="cpu, cuda or openvino (int8 only): where the graph is built to run. Default: cuda for fp16, else cpu.",
         show_default=False, rich_help_panel=VARIANTS)] = None,
     calibration: Annotated[Optional[Path], typer.Option(
         help="int8: calibrate on these texts (UTF-8, one per line) instead of the built-in ones.",

@@ -21,8 +21,10 @@ from poolx.providers import CPU, CUDA, OPENVINO, TENSORRT, Provider, get_provide
 @dataclass(frozen=True, eq=False)  # one object per precision: compared and hashed by identity
 class Precision:
     """name: as typed (`--precision`). tolerance: verify's bound against eager fp32. targets: the devices a graph
-    can be built for, the default first. always_fused: the precision exists only as a fused graph (fp16). runs_on:
-    the providers that may run it; slow_on: those that run it, but slowly (a warning). help: for `--help`."""
+    can be built for, the default first (a build for OpenVINO runs there only: `Variant.runs_on`).
+    target_tolerance: a bound of its own for the build of one target (by target name). always_fused: the precision
+    exists only as a fused graph (fp16). runs_on: the providers that may run it; slow_on: those that run it, but
+    slowly (a warning). help: for `--help`."""
 
     name: str
     tolerance: Tolerance
@@ -32,6 +34,7 @@ class Precision:
     slow_on: tuple[Provider, ...] = ()
     help: str = ""
     refusals: dict[str, str] = field(default_factory=dict)  # target name -> why this precision is not built for it
+    target_tolerance: dict[str, Tolerance] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.name
@@ -39,26 +42,31 @@ class Precision:
 
 # verify's bound for a graph OpenVINO runs in bf16 (issue 13: min cosine per text; torch bf16 measured 0.99998)
 BF16_TOLERANCE = Tolerance(atol=None, min_cosine=0.999, max_rel_l2=0.05)
+# and for NNCF's static int8 graph OpenVINO runs (issue 13: it is worth building only if it beats bf16 at >= 0.995)
+OPENVINO_INT8_TOLERANCE = Tolerance(atol=None, min_cosine=0.995, max_rel_l2=0.1)
+_PLAIN_FOR_OPENVINO = "OpenVINO takes the plain fp32 graph (it fuses and picks bf16 or f32 itself); export without --optimize/--target"
 
 FP32 = Precision(
     "fp32", Tolerance(atol=1e-4, rtol=1e-3), targets=(CPU, CUDA), runs_on=(CPU, CUDA, TENSORRT, OPENVINO),
-    help="fp32, as traced or fused",
+    help="fp32, as traced or fused", refusals={"openvino": _PLAIN_FOR_OPENVINO},
 )
 FP16 = Precision(
     "fp16", Tolerance(atol=None, min_cosine=0.999, max_rel_l2=0.05), targets=(CUDA,), runs_on=(CPU, CUDA),
     always_fused=True, slow_on=(CPU,),
     help="CUDA: fused, fp16 weights and compute, fp32 inputs/outputs, LayerNorm statistics and pooler",
     refusals={"cpu": "fp16 graphs are for --target cuda (onnxruntime's CPU kernels are fp32); use fp32 or int8 on "
-                     "the CPU"},
+                     "the CPU", "openvino": _PLAIN_FOR_OPENVINO},
 )
 INT8 = Precision(
-    "int8", Tolerance(atol=None, min_cosine=0.99, max_rel_l2=0.15), targets=(CPU,), runs_on=(CPU,),
-    help="CPU: dynamic int8 MatMuls, per-channel, SmoothQuant-calibrated",
-    refusals={"cuda": "int8 graphs are for --target cpu (onnxruntime's CUDA provider has no int8 MatMul kernels); "
-                      "use fp16 on CUDA"},
+    "int8", Tolerance(atol=None, min_cosine=0.99, max_rel_l2=0.15), targets=(CPU, OPENVINO), runs_on=(CPU,),
+    help="CPU: dynamic int8 MatMuls, per-channel, SmoothQuant-calibrated (onnxruntime); --target openvino: NNCF's "
+         "static int8 graph for OpenVINO (VNNI/AMX-INT8), held to min cosine 0.995",
+    refusals={"cuda": "int8 graphs are for --target cpu or openvino (onnxruntime's CUDA provider has no int8 MatMul "
+                      "kernels); use fp16 on CUDA"},
+    target_tolerance={"openvino": OPENVINO_INT8_TOLERANCE},
 )
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (FP32, FP16, INT8)}
-TARGETS: dict[str, Provider] = {p.name: p for p in (CPU, CUDA)}
+TARGETS: dict[str, Provider] = {p.name: p for p in (CPU, CUDA, OPENVINO)}
 
 
 def get_precision(name: str | Precision) -> Precision:
@@ -73,7 +81,8 @@ def get_precision(name: str | Precision) -> Precision:
 @dataclass(frozen=True)
 class Variant:
     """One graph variant: `precision`, `fused` (onnxruntime's transformer fusions applied) and `target` (the
-    device it is built for: CPU or CUDA). The default, Variant(), is the plain fp32 graph as traced."""
+    device it is built for: CPU, CUDA, or OpenVINO for int8). The default, Variant(), is the plain fp32 graph as
+    traced."""
 
     precision: Precision = FP32
     fused: bool = False
@@ -91,10 +100,12 @@ class Variant:
         p = get_precision(precision)
         if target is not None and target not in TARGETS:
             raise UsageError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-        if target is not None and p is FP32 and not optimize:
-            raise UsageError("--target only changes an --optimize or --precision fp16/int8 export; add --optimize")
         if target is not None and TARGETS[target] not in p.targets:
             raise UsageError(p.refusals.get(target, f"{p.name} graphs are not built for {target}"))
+        if target is not None and p is FP32 and not optimize:
+            raise UsageError("--target only changes an --optimize or --precision fp16/int8 export; add --optimize")
+        if optimize and target == OPENVINO.name:  # OpenVINO fuses the graph itself and knows no onnxruntime contrib op
+            raise UsageError("--target openvino builds an unfused graph (OpenVINO fuses it itself); drop --optimize")
         variant = cls(p, optimize or p.always_fused, TARGETS[target] if target else p.targets[0])
         variant.check_outputs(raw_outputs)
         return variant
@@ -134,12 +145,13 @@ class Variant:
 
     @property
     def tolerance(self) -> Tolerance:
-        return self.precision.tolerance
+        """verify's bound against eager fp32: the precision's, or the one of its build for this target."""
+        return self.precision.target_tolerance.get(self.target.name, self.precision.tolerance)
 
     def tolerance_on(self, provider: Provider) -> Tolerance:
-        """verify's bound for this graph run on `provider`: the precision's, or `BF16_TOLERANCE` where OpenVINO
-        computes the fp32 graph in bf16."""
-        return BF16_TOLERANCE if provider.precision == "bf16" else self.tolerance
+        """verify's bound for this graph run on `provider`: the variant's, or `BF16_TOLERANCE` where OpenVINO
+        computes the fp32 graph in bf16 (an int8 graph for OpenVINO keeps its own, looser bound)."""
+        return BF16_TOLERANCE if provider.precision == "bf16" and self.precision is FP32 else self.tolerance
 
     @property
     def label(self) -> str:
@@ -163,7 +175,10 @@ class Variant:
     def runs_on(self) -> tuple[Provider, ...]:
         """The providers that may run this graph. TensorRT and OpenVINO take the plain fp32 graph only: TensorRT
         fuses and builds fp16 engines itself, and onnxruntime's fused contrib ops would split the graph (explicit
-        shape profiles then fail on the pieces' inputs); OpenVINO fuses on its own and does not know those ops."""
+        shape profiles then fail on the pieces' inputs); OpenVINO fuses on its own and does not know those ops.
+        A graph built for OpenVINO (int8) runs there only: it was calibrated and checked on OpenVINO's kernels."""
+        if self.target is OPENVINO:
+            return (OPENVINO,)
         return tuple(p for p in self.precision.runs_on if not (p in (TENSORRT, OPENVINO) and self.fused))
 
     def check_provider(self, provider: str | Provider) -> Provider:
@@ -178,8 +193,13 @@ class Variant:
             )
         if p is OPENVINO:
             raise UsageError(
-                f"OpenVINO takes the plain fp32 export (it fuses and picks bf16 or f32 itself), not this "
-                f"{self.label} graph; export without --optimize/--precision for it, or use --provider cpu"
+                f"OpenVINO takes the plain fp32 export (it fuses and picks bf16 or f32 itself) or an int8 export for "
+                f"it (--precision int8 --target openvino), not this {self.label} graph; use --provider cpu for it"
+            )
+        if self.target is OPENVINO:
+            raise UsageError(
+                f"this {self.label} graph (NNCF's static int8) runs on OpenVINO only: use --provider openvino "
+                "(pip install 'poolx[openvino]'), or export --precision int8 without --target for onnxruntime"
             )
         where = "the CPU" if self.runs_on == (CPU,) else " or ".join(q.name for q in self.runs_on)
         raise ProviderUnavailableError(
@@ -194,9 +214,11 @@ class Variant:
         return None
 
     def default_provider(self, gpu: bool, openvino: bool = False) -> Provider:
-        """What `auto` picks: CUDA when a GPU can be used and CUDA runs this graph at full speed; else OpenVINO when
-        it is preferred on this CPU (`openvino`: installed and bf16, `providers.openvino_preferred`) and runs this
-        graph; else the CPU."""
+        """What `auto` picks: OpenVINO for a graph built for it; CUDA when a GPU can be used and CUDA runs this graph
+        at full speed; else OpenVINO when it is preferred on this CPU (`openvino`: installed and bf16,
+        `providers.openvino_preferred`) and runs this graph; else the CPU."""
+        if self.target is OPENVINO:
+            return OPENVINO
         if gpu and CUDA in self.runs_on and CUDA not in self.precision.slow_on:
             return CUDA
         return OPENVINO if openvino and OPENVINO in self.runs_on else CPU
@@ -214,9 +236,10 @@ class Variant:
 
 def bench_variants(target: Provider) -> tuple[Variant, ...]:
     """The variants `poolx bench` builds for a device: CPU fp32, fp32 fused and int8; CUDA fp32 fused and fp16;
-    OpenVINO the plain graph (it compiles the graph itself and takes neither fused nor int8 graphs)."""
+    OpenVINO the plain graph (it compiles the graph itself and takes no fused graph) and the int8 graph built for
+    it."""
     if target is CPU:
         return (Variant(), Variant(FP32, True, CPU), Variant(INT8, False, CPU))
     if target is OPENVINO:
-        return (Variant(),)
+        return (Variant(), Variant(INT8, False, OPENVINO))
     return (Variant(FP32, True, CUDA), Variant(FP16, True, CUDA))

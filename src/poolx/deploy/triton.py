@@ -28,7 +28,7 @@ from poolx import __version__
 from poolx.deploy.triton_tokenizer import SETTINGS, TEXT
 from poolx.errors import BrokenExportError, PoolxError, UsageError
 from poolx.manifest import Manifest
-from poolx.providers import CUDA, TENSORRT
+from poolx.providers import CPU, CUDA, TENSORRT
 from poolx.spec import BATCH, EMBEDDING, TensorSpec
 from poolx.staging import staged_directory
 
@@ -110,6 +110,11 @@ def device_kind(manifest: Manifest, kind: str) -> str:
     for int8), as the Embedder decides."""
     if kind not in KINDS:
         raise UsageError(f"unknown kind {kind!r}; choose {', '.join(KINDS)}")
+    if CPU not in manifest.variant.runs_on and CUDA not in manifest.variant.runs_on:
+        raise UsageError(
+            f"this {manifest.variant.label} graph runs on OpenVINO only, and the repository is for Triton's onnxruntime "
+            "backend; export the plain graph or --precision int8 (for onnxruntime) for Triton"
+        )
     on_gpu = CUDA in manifest.variant.runs_on
     if kind == "gpu" and not on_gpu:
         try:

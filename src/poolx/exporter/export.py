@@ -23,6 +23,7 @@ from poolx.models.encoder import PooledEncoder
 from poolx.models.loading import ModelSource, default_max_length, load_tokenizer, resolve_source
 from poolx.models.registry import get_pooler_class
 from poolx.progress import step
+from poolx.providers import OPENVINO
 from poolx.staging import staged_directory
 from poolx.variants import FP16, INT8, Variant
 
@@ -163,8 +164,8 @@ def build_variant(
     calibration: Sequence[str] | None,
 ) -> Any:
     """The variant of the traced fp32 ModelProto `model`, with how it was made recorded in the manifest's graph
-    section: int8 quantizes the unfused graph (its int8 MatMuls run faster there), then applies the fusions that
-    still apply when fused; fp32 and fp16 fuse, and fp16 converts the fused graph. The fusions are those of the
+    section: int8 quantizes the unfused graph (its int8 MatMuls run faster there; for OpenVINO with NNCF), then
+    applies the fusions that still apply when fused; fp32 and fp16 fuse, and fp16 converts the fused graph. The fusions are those of the
     graph's exporter (manifest.graph["exporter"])."""
     from poolx.exporter.fuse import fuse, to_fp16
 
@@ -176,8 +177,15 @@ def build_variant(
             from poolx.runtime.tokenizer import TextEncoder
             from poolx.spec import EMBEDDING
 
-            texts = list(calibration) if calibration else list(CALIBRATION_TEXTS)
-            model, result = quantize_int8(model, TextEncoder(directory, manifest), texts, EMBEDDING)
+            if variant.target is OPENVINO:  # NNCF's static QDQ graph, calibrated on OpenVINO's kernels
+                from poolx.exporter.calibration import static_calibration_texts
+                from poolx.exporter.quantize_openvino import quantize_int8_openvino
+
+                texts = list(calibration) if calibration else static_calibration_texts()
+                model, result = quantize_int8_openvino(model, TextEncoder(directory, manifest), texts, EMBEDDING)
+            else:
+                texts = list(calibration) if calibration else list(CALIBRATION_TEXTS)
+                model, result = quantize_int8(model, TextEncoder(directory, manifest), texts, EMBEDDING)
             manifest.graph["quantization"] = {**result.to_json(), "calibration_texts": len(texts)}
             if variant.fused:
                 optimized, manifest.graph["fusions"] = fuse(

@@ -258,7 +258,7 @@ def verify_provider(manifest: Manifest, provider: str | None) -> tuple[Provider,
     if provider is not None:
         return variant.check_provider(provider), []
     target = variant.target
-    if target is CPU or target.available():
+    if target is CPU or target.available() or CPU not in variant.runs_on:  # (a graph for OpenVINO runs there only)
         return target, []
     return CPU, [
         f"this graph targets {target.name.upper()}, which this onnxruntime cannot run here: it was checked on the "
@@ -280,8 +280,9 @@ def quick_check(directory: Path, encoder: Any, manifest: Manifest) -> None:
     texts = [VERIFY_TEXTS[3], VERIFY_TEXTS[1], VERIFY_TEXTS[7]]
     text_encoder = TextEncoder(directory, manifest)
     plan = [("one text", [0], None), ("three texts, padded", [0, 1, 2], min(manifest.max_length, 40))]
-    graph = OnnxRunner(directory / manifest.graph_file, CPU)
-    outputs, _ = compare_on(graph, encoder, manifest.io, text_encoder, texts, plan, manifest.variant.tolerance)
+    provider = manifest.variant.runs_on[0]  # the CPU, or OpenVINO for a graph built for it
+    graph = OnnxRunner(directory / manifest.graph_file, provider)
+    outputs, _ = compare_on(graph, encoder, manifest.io, text_encoder, texts, plan, manifest.variant.tolerance_on(provider))
     failed = [o for o in outputs if not o.passed]
     if failed:
         worst = failed[0]
