@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -111,8 +112,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         candidate, root, out = args.worker
-        print(json.dumps(worker(candidate, Path(root), args.texts, args.threads, Path(out))))
-        return
+        print(json.dumps(worker(candidate, Path(root), args.texts, args.threads, Path(out))), flush=True)
+        # no interpreter teardown: OpenVINO's AsyncInferQueue once aborted there ("Resource deadlock avoided", a
+        # thread joining itself) after its result was printed, failing the whole run (2026-12-04)
+        os._exit(0)
     import numpy as np
 
     from poolx.bench import cpu_has_bf16
