@@ -223,6 +223,9 @@ def run_bench(
         ready: set[str] = set()  # variants exported or found this run (OpenVINO runs the CPU's plain one)
         for device in devices:
             for variant in bench_variants(device):
+                if variant.target is OPENVINO and not _installed("nncf"):  # OpenVINO alone, without poolx[openvino]'s NNCF
+                    log(f"skipping the {variant.label} variant: NNCF is not installed (pip install 'poolx[openvino]')")
+                    continue
                 out = store / variant.name
                 if variant.name not in ready:
                     ready.add(variant.name)
