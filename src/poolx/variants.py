@@ -104,7 +104,7 @@ class Variant:
             raise UsageError(p.refusals.get(target, f"{p.name} graphs are not built for {target}"))
         if target is not None and p is FP32 and not optimize:
             raise UsageError("--target only changes an --optimize or --precision fp16/int8 export; add --optimize")
-        if optimize and target == OPENVINO.name:  # OpenVINO fuses the graph itself and knows no onnxruntime contrib op
+        if optimize and target is not None and TARGETS[target] is OPENVINO:  # OpenVINO fuses the graph itself and knows no onnxruntime contrib op
             raise UsageError("--target openvino builds an unfused graph (OpenVINO fuses it itself); drop --optimize")
         variant = cls(p, optimize or p.always_fused, TARGETS[target] if target else p.targets[0])
         variant.check_outputs(raw_outputs)

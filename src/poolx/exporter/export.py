@@ -165,8 +165,8 @@ def build_variant(
 ) -> Any:
     """The variant of the traced fp32 ModelProto `model`, with how it was made recorded in the manifest's graph
     section: int8 quantizes the unfused graph (its int8 MatMuls run faster there; for OpenVINO with NNCF), then
-    applies the fusions that still apply when fused; fp32 and fp16 fuse, and fp16 converts the fused graph. The fusions are those of the
-    graph's exporter (manifest.graph["exporter"])."""
+    applies the fusions that still apply when fused; fp32 and fp16 fuse, and fp16 converts the fused graph. The
+    fusions are those of the graph's exporter (manifest.graph["exporter"])."""
     from poolx.exporter.fuse import fuse, to_fp16
 
     exporter = manifest.graph.get("exporter", "torchscript")

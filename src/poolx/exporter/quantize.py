@@ -69,16 +69,11 @@ def quantize_int8(
     texts; then, while that cosine is below `min_cosine`, the MatMul group with the largest simulated int8 error is
     kept fp32 (at most a third of them; FFN down-projections, whose inputs follow GELU, are the usual ones)."""
     import onnx
-    from onnx import numpy_helper
 
     groups = weight_groups(model)
     if not groups:
         raise ExportError("the graph has no MatMul with constant weights to quantize; int8 would change nothing")
-    initializers = {t.name: t for t in model.graph.initializer}
-    weights = {
-        tensor: [numpy_helper.to_array(initializers[model.graph.node[i].input[1]]) for i in indices]
-        for tensor, indices in groups.items()
-    }
+    weights = group_weights(model, groups)
     batches = _batches(encode, texts)
     with tempfile.TemporaryDirectory(prefix="poolx-int8-") as tmp:
         work = Path(tmp)
@@ -154,6 +149,15 @@ def weight_groups(model: Any) -> dict[str, list[int]]:
         if weight is not None and len(weight.dims) == 2:
             groups.setdefault(node.input[0], []).append(index)
     return groups
+
+
+def group_weights(model: Any, groups: dict[str, list[int]]) -> dict[str, list[np.ndarray]]:
+    """input tensor name -> the weights of its group's MatMuls (`weight_groups`), as numpy arrays."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    return {tensor: [numpy_helper.to_array(initializers[model.graph.node[i].input[1]]) for i in indices]
+            for tensor, indices in groups.items()}
 
 
 def _probe(model: Any, groups: dict[str, list[int]], work: Path) -> tuple[Any, list[str]]:

@@ -30,7 +30,8 @@ import numpy as np
 
 from poolx.errors import ExportError, ProviderUnavailableError
 from poolx.exporter.quantize import (
-    FP32_PREFIXES, Encode, _batches, _min_cosine, _probe, _run, activation_ranges, simulated_errors, weight_groups,
+    FP32_PREFIXES, Encode, _batches, _min_cosine, _probe, _run, activation_ranges, group_weights, simulated_errors,
+    weight_groups,
 )
 from poolx.progress import step
 
@@ -86,6 +87,7 @@ def quantize_int8_openvino(
     names = {tensor: [model.graph.node[i].name for i in indices] for tensor, indices in groups.items()}
     fp32_scope = [n.name for n in model.graph.node if n.name.startswith(FP32_PREFIXES)]
     batches = _batches(encode, texts)
+    prepared = _output_casts_as_identity(model)  # what NNCF is given, once for every attempt
     most = len(groups) // 3
     with tempfile.TemporaryDirectory(prefix="poolx-int8-openvino-") as tmp:
         work = Path(tmp)
@@ -97,7 +99,7 @@ def quantize_int8_openvino(
         def attempt(alpha: float, kept: Sequence[str]) -> tuple[float, Any, str]:
             step(f"int8 for OpenVINO: NNCF, SmoothQuant alpha {alpha}, {len(kept)} MatMul group(s) kept fp32, on "
                  f"{len(texts)} calibration texts")
-            quantized = _nncf_quantize(nncf, model, batches, alpha, fp32_scope + [n for t in kept for n in names[t]])
+            quantized = _nncf_quantize(nncf, prepared, batches, alpha, fp32_scope + [n for t in kept for n in names[t]])
             path = work / f"candidate-{len(tried)}.onnx"
             onnx.save_model(quantized, str(path))
             session = OpenVinoSession(path)  # measured on the kernels it is built for
@@ -112,9 +114,7 @@ def quantize_int8_openvino(
         if cosine < min_cosine:  # rank the groups only when some must stay fp32
             step("int8 for OpenVINO: ranking the MatMul groups by simulated int8 error")
             probe = _probe(model, groups, work)
-            initializers = {t.name: t for t in model.graph.initializer}
-            weights = {t: [onnx.numpy_helper.to_array(initializers[model.graph.node[i].input[1]]) for i in ix]
-                       for t, ix in groups.items()}
+            weights = group_weights(model, groups)
             # with NNCF's SmoothQuant formula and the chosen alpha: without it the FFN up-projections, whose
             # outlier channel SmoothQuant evens out, would rank first (all-MiniLM-L6-v2); with it the down-projections
             errors = simulated_errors(probe, batches, weights, activation_ranges(probe, batches), alpha)
@@ -135,10 +135,10 @@ def quantize_int8_openvino(
 
 def _nncf_quantize(nncf: Any, model: Any, batches: list[dict[str, np.ndarray]], alpha: float, ignored: list[str]) -> Any:
     """NNCF's quantize with its transformer preset and SmoothQuant exponent `alpha` for MatMuls, the nodes
-    `ignored` left fp32, its progress bars and INFO logs kept off poolx's output."""
+    `ignored` left fp32, its progress bars and INFO logs kept off poolx's output. `model` has been through
+    `_output_casts_as_identity`."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    model = _output_casts_as_identity(model)
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.ERROR)
